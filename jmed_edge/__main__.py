@@ -1,0 +1,3 @@
+from jmed_edge.cli import main
+
+raise SystemExit(main())

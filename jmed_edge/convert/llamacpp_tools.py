@@ -1,0 +1,162 @@
+"""llama.cpp's own conversion code and tools, at the exact version the bindings run.
+
+llama-cpp-python 0.3.36 vendors llama.cpp, but its wheel carries only the shared libraries.
+Its source distribution also carries ``convert_hf_to_gguf.py``, ``convert_lora_to_gguf.py``
+(with the ``conversion/`` package they wrap), the matching ``gguf-py`` (PyPI's gguf is a
+different version and breaks the converter), and the C++ source of ``llama-imatrix``.
+``jmed-edge setup`` fetches that sdist once through pip, keeps the converter files, and builds
+``llama-imatrix`` from the same source; afterwards everything works offline.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from jmed_edge.errors import DependencyError
+from jmed_edge.fsutil import staging_dir
+from jmed_edge.resources import cache_home
+
+log = logging.getLogger(__name__)
+
+LLAMA_CPP_PYTHON = "0.3.36"
+# Files taken from the sdist's vendor/llama.cpp: the converters and what they import.
+CONVERTER_PARTS = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion", "gguf-py", "LICENSE")
+IMATRIX_TOOL = "llama-imatrix"
+
+
+def tools_dir() -> Path:
+    """``$JMED_EDGE_LLAMA_CPP_DIR`` or the cache folder for this llama-cpp-python version."""
+    if env := os.environ.get("JMED_EDGE_LLAMA_CPP_DIR"):
+        return Path(env).expanduser()
+    return cache_home() / "llama.cpp" / LLAMA_CPP_PYTHON
+
+
+def converter_dir() -> Path:
+    return tools_dir() / "converter"
+
+
+def imatrix_binary() -> Path:
+    return tools_dir() / "bin" / IMATRIX_TOOL
+
+
+def _installed_version() -> str | None:
+    try:
+        return importlib.metadata.version("llama_cpp_python")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def tools_status() -> tuple[bool, str]:
+    """Whether converter and imatrix tool are ready, and a line saying what was found."""
+    installed = _installed_version()
+    if installed != LLAMA_CPP_PYTHON:
+        return False, f"llama-cpp-python {installed or 'missing'}, need {LLAMA_CPP_PYTHON}"
+    missing = [p for p in CONVERTER_PARTS if not (converter_dir() / p).exists()]
+    if missing:
+        return False, f"converter files missing in {converter_dir()}: {', '.join(missing)}"
+    if not imatrix_binary().is_file():
+        return False, f"{IMATRIX_TOOL} not built at {imatrix_binary()}"
+    return True, f"llama.cpp {LLAMA_CPP_PYTHON} converter and {IMATRIX_TOOL} in {tools_dir()}"
+
+
+def require_converter() -> Path:
+    """The converter folder, or a one-line error saying to run setup."""
+    missing = [p for p in CONVERTER_PARTS if not (converter_dir() / p).exists()]
+    if missing:
+        raise DependencyError(
+            f"llama.cpp's converter is not set up ({converter_dir()} lacks {', '.join(missing)}); "
+            "run: jmed-edge setup"
+        )
+    return converter_dir()
+
+
+def require_imatrix() -> Path:
+    if not imatrix_binary().is_file():
+        raise DependencyError(f"{IMATRIX_TOOL} is not built ({imatrix_binary()}); run: jmed-edge setup")
+    return imatrix_binary()
+
+
+def _fetch_sdist(into: Path) -> Path:
+    """Download the llama-cpp-python sdist with pip (the only step that needs the network)."""
+    cached = sorted(tools_dir().glob("llama_cpp_python-*.tar.gz"))
+    if cached:
+        return cached[0]
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+           f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "-d", str(into)]  # fmt: skip
+    log.info("fetching the llama-cpp-python %s source: %s", LLAMA_CPP_PYTHON, " ".join(cmd))
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    found = sorted(into.glob("llama_cpp_python-*.tar.gz"))
+    if result.returncode != 0 or not found:
+        raise DependencyError(
+            f"could not fetch the llama-cpp-python {LLAMA_CPP_PYTHON} source with pip "
+            f"({result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'no file'}); "
+            "run jmed-edge setup once with access to the package index"
+        )
+    return found[0]
+
+
+def _extract(sdist: Path, into: Path) -> Path:
+    with tarfile.open(sdist) as tar:
+        tar.extractall(into, filter="data")
+    roots = list(into.glob("llama_cpp_python-*/vendor/llama.cpp"))
+    if not roots:
+        raise DependencyError(f"{sdist} has no vendor/llama.cpp; is it the llama-cpp-python sdist?")
+    return roots[0]
+
+
+def _build_imatrix(source: Path, out_bin: Path, jobs: int) -> None:
+    build = source / "build-jmed"
+    configure = [
+        "cmake", "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
+        "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+        "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_OPENSSL=OFF",
+    ]  # fmt: skip
+    if flags := os.environ.get("JMED_EDGE_LLAMA_CMAKE_ARGS"):
+        configure += flags.split()  # e.g. -DGGML_CUDA=ON on a GPU workstation
+    for cmd in (configure, ["cmake", "--build", str(build), "--target", IMATRIX_TOOL, "-j", str(jobs)]):
+        log.info("%s", " ".join(cmd))
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+            raise DependencyError(f"building {IMATRIX_TOOL} failed: {' | '.join(tail)}; is cmake/g++ installed?")
+    built = next(build.rglob(IMATRIX_TOOL), None)
+    if built is None:
+        raise DependencyError(f"the build produced no {IMATRIX_TOOL} under {build}")
+    out_bin.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(built, out_bin)
+
+
+def setup_tools(*, force: bool = False, jobs: int | None = None) -> Path:
+    """Fetch the converter files and build ``llama-imatrix`` into :func:`tools_dir` once."""
+    installed = _installed_version()
+    if installed != LLAMA_CPP_PYTHON:
+        raise DependencyError(
+            f"llama-cpp-python {installed or 'is not installed'}; jmed-edge needs {LLAMA_CPP_PYTHON}: "
+            f"pip install llama-cpp-python=={LLAMA_CPP_PYTHON}"
+        )
+    ready, _ = tools_status()
+    if ready and not force:
+        return tools_dir()
+    if shutil.which("cmake") is None:
+        raise DependencyError("cmake is not installed; it is needed once to build llama-imatrix (apt install cmake)")
+    dest = tools_dir()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="jmed-llama-src-") as work, staging_dir(dest, force=True) as tmp:
+        sdist = _fetch_sdist(Path(work))
+        source = _extract(sdist, Path(work))
+        converter = tmp / "converter"
+        converter.mkdir()
+        for part in CONVERTER_PARTS:
+            src = source / part
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, converter / part)
+        _build_imatrix(source, tmp / "bin" / IMATRIX_TOOL, jobs or os.cpu_count() or 2)
+        shutil.copy2(sdist, tmp / sdist.name)  # keeps a rebuild offline
+    return dest

@@ -1,0 +1,1 @@
+"""Tiny local fixtures (models, tokenizers) that tests and perf benchmarks build in seconds."""
