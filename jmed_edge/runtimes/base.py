@@ -7,7 +7,7 @@ the tokenizer and chat template always come from the artifact itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -22,6 +22,7 @@ FORMAT_TO_RUNTIME = {
     "hf-safetensors": "hf",
     "peft-adapter": "hf",
     "gguf": "llamacpp",
+    "gguf-lora": "llamacpp",  # needs base=PATH (or a manifest naming its base GGUF)
     "onnx": "onnx",
 }
 RUNTIMES.add("hf", "jmed_edge.runtimes.hf:HFRuntime", "Hugging Face model through torch")
@@ -107,14 +108,116 @@ class Runtime(Protocol):
 
 
 def open_runtime(artifact: Path, *, runtime: str | None = None, **options: Any) -> Runtime:
-    """Open ``artifact`` with the runtime its manifest names (or ``runtime`` to override)."""
-    from jmed_edge.artifacts import describe
+    """Open ``artifact`` with the runtime its manifest names (or ``runtime`` to override).
 
-    info = describe(Path(artifact))
+    ``artifact`` may also be an ``ArtifactInfo`` already produced by ``describe``. A runtime
+    whose library is not installed fails with a one-line ``DependencyError``.
+    """
+    from jmed_edge.artifacts import ArtifactInfo, describe
+    from jmed_edge.errors import ArtifactError, DependencyError
+
+    info = artifact if isinstance(artifact, ArtifactInfo) else describe(Path(artifact))
     name = runtime or FORMAT_TO_RUNTIME.get(info.format)
     if name is None:
-        from jmed_edge.errors import ArtifactError
-
-        raise ArtifactError(f"{artifact} has format {info.format!r}, which no runtime can run")
-    cls = RUNTIMES.get(name)
+        raise ArtifactError(f"{info.path} has format {info.format!r}, which no runtime can run")
+    try:
+        cls = RUNTIMES.get(name)
+    except ImportError as exc:
+        raise DependencyError(
+            f"{info.path} needs the {name} runtime, whose library is not installed ({exc.name or exc}); "
+            "install it (see `jmed-edge doctor`) or pick another artifact"
+        ) from exc
     return cls(info, **options)
+
+
+# --- helpers shared by the runtimes -------------------------------------------------------
+
+
+def split_continuation(
+    tokenize: Callable[[str], list[int]], context_ids: list[int], context: str, continuation: str
+) -> list[int]:
+    """Token ids of ``continuation`` as they follow ``context`` when the two are tokenized together.
+
+    Tokenizing the joined text keeps merges across the boundary (" A" after "Answer:"); when the
+    joined tokens do not start with the context's own tokens, the continuation is tokenized alone.
+    """
+    whole = tokenize(context + continuation)
+    if whole[: len(context_ids)] == context_ids and len(whole) > len(context_ids):
+        return whole[len(context_ids) :]
+    return tokenize(continuation)
+
+
+def continuation_scores(logprobs_rows: np.ndarray, continuation_ids: Sequence[int]) -> ContinuationScore:
+    """Score from log-softmax rows: row ``i`` predicts ``continuation_ids[i]``."""
+    ids = np.asarray(continuation_ids, dtype=np.int64)
+    picked = logprobs_rows[np.arange(len(ids)), ids]
+    greedy = bool(np.all(logprobs_rows.argmax(axis=-1) == ids))
+    return ContinuationScore(float(picked.sum()), len(ids), greedy)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits.astype(np.float64, copy=False)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def score_batch(
+    runtime: Runtime, items: Sequence[tuple[str, Sequence[str]]]
+) -> list[list[ContinuationScore]]:
+    """``score_continuations`` over many (context, continuations) pairs.
+
+    A runtime that can batch across contexts offers ``score_batch`` itself (torch does); the
+    others are called once per context.
+    """
+    batched = getattr(runtime, "score_batch", None)
+    if batched is not None:
+        return batched(items)
+    return [runtime.score_continuations(context, conts) for context, conts in items]
+
+
+class StopMatcher:
+    """Streams text while holding back what could be the start of a stop string."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        """Text that is safe to emit now; sets ``stopped`` once a stop string appears."""
+        self.pending += piece
+        if not self.stops:
+            out, self.pending = self.pending, ""
+            return out
+        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            out, self.pending = self.pending[:cut], ""
+            return out
+        hold = max((k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
+        out = self.pending[: len(self.pending) - hold]
+        self.pending = self.pending[len(out) :]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = ("" if self.stopped else self.pending), ""
+        return out
+
+
+class ChatTemplateView:
+    """The two members of a tokenizer that ``jmed_edge.prompts`` uses, served by a runtime.
+
+    Lets the prompt templates render a GGUF's or an ONNX model's chat template exactly as they
+    render a Hugging Face tokenizer's.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.chat_template = getattr(runtime, "chat_template", None)
+
+    def apply_chat_template(
+        self, messages: Sequence[dict[str, str]], tokenize: bool = False, add_generation_prompt: bool = True
+    ) -> str:
+        if tokenize:
+            raise ValueError("ChatTemplateView renders text only; call runtime.tokenize on the result")
+        return self.runtime.render_chat(messages, add_generation_prompt=add_generation_prompt)

@@ -1,0 +1,187 @@
+"""``jmed-edge run``: train -> merge -> convert -> bench -> report from one recipe.
+
+Each stage writes an artifact folder under the output folder and is skipped when that folder's
+manifest already matches the stage's inputs, so a rerun after a failure continues where it
+stopped and a changed input redoes exactly the stages downstream of it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from jmed_edge.manifest import read_manifest
+from jmed_edge.pipeline.recipe import PipelineSections, load_sections
+from jmed_edge.recipes_cli import resolve_recipe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineResult:
+    out: Path
+    artifacts: dict[str, Path] = field(default_factory=dict)  # label -> artifact folder
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    report: Path | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class _Stages:
+    """Small bookkeeping helper: announce, time and record each stage."""
+
+    def __init__(self, result: PipelineResult, console: Console) -> None:
+        self.result, self.console = result, console
+
+    def skip(self, name: str, why: str) -> None:
+        self.result.skipped.append(name)
+        self.console.print(f"[dim]✓ {name}: up to date ({why}), skipped[/]")
+
+    def start(self, name: str) -> float:
+        self.console.rule(f"[bold]{name}")
+        return time.perf_counter()
+
+    def done(self, name: str, started: float) -> None:
+        self.result.ran.append(name)
+        self.result.seconds[name] = round(time.perf_counter() - started, 1)
+
+
+def _manifest_details(folder: Path) -> dict[str, Any] | None:
+    manifest = read_manifest(folder, required=False) if folder.is_dir() else None
+    return None if manifest is None else {"sha256": manifest.sha256, "parent": manifest.parent or {},
+                                          "details": manifest.details, "config": manifest.config}  # fmt: skip
+
+
+def _train(recipe: Any, out: Path, stages: _Stages) -> Path:
+    from jmed_edge.train import adapter_matches, run_training
+
+    adapter = out / "adapter"
+    if adapter_matches(adapter, recipe):
+        stages.skip("train", "adapter fingerprint matches the recipe and data")
+        return adapter
+    started = stages.start("train")
+    run_training(recipe, out=adapter, force=True)
+    stages.done("train", started)
+    return adapter
+
+
+def _merge(adapter: Path, out: Path, dtype: str, stages: _Stages) -> Path:
+    from jmed_edge.merge import merge_adapter
+
+    merged = out / "merged"
+    info, adapter_info = _manifest_details(merged), _manifest_details(adapter)
+    if info and adapter_info and info["parent"].get("sha256") == adapter_info["sha256"] \
+            and info["config"].get("dtype") == dtype:  # fmt: skip
+        stages.skip("merge", "merged from this exact adapter")
+        return merged
+    started = stages.start("merge")
+    merge_adapter(adapter, merged, dtype=dtype, force=True)
+    stages.done("merge", started)
+    return merged
+
+
+def _convert_gguf(merged: Path, out: Path, sections: PipelineSections, stages: _Stages) -> dict[str, Path]:
+    from jmed_edge.convert.gguf import convert_to_gguf, gguf_up_to_date
+
+    cfg = sections.convert.gguf
+    if not cfg.enabled:
+        return {}
+    folder = out / "gguf"
+    todo = gguf_up_to_date(merged, folder, cfg.quants, imatrix=cfg.imatrix, outtype=cfg.outtype)
+    if todo["fresh"]:
+        stages.skip("convert gguf", "every GGUF matches the merged model and settings")
+        return todo["artifacts"]
+    started = stages.start("convert gguf")
+    made = convert_to_gguf(merged, folder, quants=cfg.quants, imatrix=cfg.imatrix, outtype=cfg.outtype, force=True)
+    stages.done("convert gguf", started)
+    return made
+
+
+def _convert_onnx(merged: Path, out: Path, sections: PipelineSections, stages: _Stages) -> dict[str, Path]:
+    cfg = sections.convert.onnx
+    if not cfg.enabled:
+        return {}
+    from jmed_edge.convert.onnx import convert_to_onnx, onnx_up_to_date
+
+    folder = out / "onnx"
+    todo = onnx_up_to_date(merged, folder, cfg.precisions, target=cfg.target)
+    if todo["fresh"]:
+        stages.skip("convert onnx", "every ONNX artifact matches the merged model and settings")
+        return todo["artifacts"]
+    started = stages.start("convert onnx")
+    made = convert_to_onnx(merged, folder, precisions=cfg.precisions, target=cfg.target, force=True)
+    stages.done("convert onnx", started)
+    return made
+
+
+def _bench(artifacts: dict[str, Path], out: Path, sections: PipelineSections, stages: _Stages) -> Path:
+    from jmed_edge.bench import BenchSettings, run_benchmark
+    from jmed_edge.report.probe import measure_in_subprocess
+
+    cfg = sections.bench
+    run_dir = out / "bench"
+    settings = BenchSettings(mode=cfg.mode, template=cfg.template, shots=cfg.shots, langs=tuple(cfg.langs),
+                             limit=cfg.limit, seed=cfg.seed)  # fmt: skip
+    started = stages.start("bench")
+    for label, artifact in artifacts.items():
+        for spec in cfg.benchmarks:
+            run_benchmark(artifact, spec, run_dir, settings, name=label)
+        perf_file = run_dir / label / "perf.json"
+        sha = (read_manifest(artifact, required=False) or type("M", (), {"sha256": ""})).sha256
+        cached = json.loads(perf_file.read_text()) if perf_file.exists() else {}
+        if cached.get("sha256") != sha or not sha:
+            stages.console.print(f"measuring speed and memory of {label}")
+            perf = measure_in_subprocess(artifact, n_threads=1)
+            perf["sha256"] = sha
+            perf_file.parent.mkdir(parents=True, exist_ok=True)
+            perf_file.write_text(json.dumps(perf, indent=1))
+    stages.done("bench", started)
+    return run_dir
+
+
+def run_pipeline(
+    recipe_ref: str | Path,
+    out: Path | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    console: Console | None = None,
+) -> PipelineResult:
+    """Run every stage of the recipe into ``out`` (default: the recipe's output folder)."""
+    from jmed_edge.fsutil import parse_bytes
+    from jmed_edge.report.build import build_report, write_report
+    from jmed_edge.report.terminal import print_summary
+    from jmed_edge.train import load_recipe
+
+    console = console or Console(stderr=True)
+    overrides = list(overrides)
+    path = resolve_recipe(recipe_ref)
+    recipe = load_recipe(path, [o for o in overrides if o.split(".", 1)[0] not in ("convert", "bench", "report")])
+    sections = load_sections(path, overrides)
+    out = Path(out or recipe.output.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = PipelineResult(out)
+    stages = _Stages(result, console)
+
+    adapter = _train(recipe, out, stages)
+    merged = _merge(adapter, out, "fp32", stages)
+    result.artifacts["merged"] = merged
+    result.artifacts.update(_convert_gguf(merged, out, sections, stages))
+    result.artifacts.update(_convert_onnx(merged, out, sections, stages))
+    benched = {k: v for k, v in result.artifacts.items() if k != "merged" or sections.bench.include_merged}
+    run_dir = _bench(benched, out, sections, stages)
+
+    started = stages.start("report")
+    rep = sections.report
+    data = build_report([run_dir], rep.reference, budget_bytes=parse_bytes(rep.budget) if rep.budget else None,
+                        max_loss=rep.max_loss, kl=rep.kl, kl_cache=out / "kl-cache.json", seed=sections.bench.seed)  # fmt: skip
+    result.report = write_report(data, out / "report")
+    stages.done("report", started)
+    print_summary(data, Console())
+    return result

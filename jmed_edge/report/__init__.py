@@ -1,0 +1,1 @@
+"""The quantization accuracy report: which artifact to deploy, and what it costs, per language."""

@@ -1,0 +1,36 @@
+"""``jmed-edge report``: the accuracy-loss report over one or more bench run folders."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="--out folders of jmed-edge bench")
+    parser.add_argument("--reference", required=True, help="artifact name to compare against (e.g. demo-F16)")
+    parser.add_argument("--out", type=Path, required=True, help="report folder to write")
+    parser.add_argument("--budget", default=None, help="RAM budget for the recommendation, e.g. 8GB")
+    parser.add_argument("--max-loss", type=float, default=1.0, help="accuracy loss allowed, in points (default 1.0)")
+    parser.add_argument("--no-kl", action="store_true", help="skip KL divergence (needs the artifacts on disk)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from jmed_edge.fsutil import parse_bytes
+    from jmed_edge.report.build import build_report, write_report
+    from jmed_edge.report.terminal import print_summary
+
+    budget = parse_bytes(args.budget) if args.budget else None
+    data = build_report(
+        args.run_dirs, args.reference, budget_bytes=budget, max_loss=args.max_loss, kl=not args.no_kl,
+        kl_cache=args.out.parent / f".{args.out.name}.kl-cache.json", seed=args.seed,
+    )  # fmt: skip
+    out = write_report(data, args.out)
+    console = Console()
+    print_summary(data, console)
+    console.print(f"report: {out / 'report.html'} (also report.md, report.json)")
+    return 0

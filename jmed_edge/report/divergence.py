@@ -1,0 +1,55 @@
+"""KL divergence, top-1 agreement and perplexity of each artifact against the reference, per language.
+
+Measured on bilingual medical text with the same machinery ``jmed-edge verify`` uses; results are
+cached by (reference sha256, candidate sha256) because each measurement loads two models.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from jmed_edge.errors import JmedError
+from jmed_edge.report.model import ArtifactRow
+
+log = logging.getLogger(__name__)
+
+
+def _load_cache(cache: Path | None) -> dict[str, dict]:
+    if cache is None or not cache.exists():
+        return {}
+    try:
+        return json.loads(cache.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return {}
+
+
+def attach_kl(artifacts: list[ArtifactRow], reference: str, *, cache: Path | None = None) -> None:
+    """Fill ``row.kl`` for every artifact (the reference gets KL 0 and its own perplexity)."""
+    from jmed_edge.convert.verify import kl_against, kl_texts
+
+    ref = next(a for a in artifacts if a.name == reference)
+    if not ref.path or not Path(ref.path).exists():
+        log.warning("reference %s has no artifact path on this machine; KL divergence skipped", reference)
+        return
+    stored = _load_cache(cache)
+    texts = kl_texts()
+    for row in artifacts:
+        key = f"{ref.sha256}:{row.sha256}"
+        if key in stored:
+            row.kl = stored[key]
+            continue
+        if not row.path or not Path(row.path).exists():
+            log.warning("%s has no artifact path on this machine; KL divergence skipped", row.name)
+            continue
+        try:
+            row.kl = kl_against(Path(ref.path), Path(row.path), texts)
+        except JmedError as exc:
+            log.warning("KL divergence of %s against %s failed: %s", row.name, reference, exc)
+            continue
+        stored[key] = row.kl
+        if cache is not None:
+            from jmed_edge.fsutil import write_text_atomic
+
+            write_text_atomic(cache, json.dumps(stored, indent=1))

@@ -1,0 +1,86 @@
+"""The report's data: one row per artifact, one cell per artifact x benchmark x language."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from jmed_edge.report.stats import Interval, PairedComparison
+
+
+@dataclass
+class Cell:
+    artifact: str
+    benchmark: str
+    lang: str
+    n: int
+    n_correct: int
+    accuracy: float
+    ci: Interval
+    points: float | None = None  # points-weighted score (IgakuQA), fraction of points available
+    vs_reference: PairedComparison | None = None
+    generation: dict[str, float] = field(default_factory=dict)  # exact match, Gestalt metrics
+
+    @property
+    def loss_points(self) -> float | None:
+        """Accuracy lost against the reference, in percentage points (positive = worse)."""
+        return None if self.vs_reference is None else -100 * self.vs_reference.difference
+
+
+@dataclass
+class ArtifactRow:
+    name: str
+    format: str
+    quant: str
+    path: str
+    sha256: str
+    size_bytes: int
+    peak_rss_bytes: int | None = None
+    load_seconds: float | None = None
+    prompt_tokens_per_second: float | None = None
+    decode_tokens_per_second: float | None = None
+    questions_per_second: float | None = None
+    # per language: mean_kl, p99_kl, top1, perplexity (and the number of positions)
+    kl: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def ram_estimate_bytes(self) -> int:
+        """Measured peak RSS when known, else file size plus a working-set margin."""
+        return self.peak_rss_bytes or int(self.size_bytes * 1.2 + 256 * 1024**2)
+
+
+@dataclass
+class Recommendation:
+    chosen: str | None
+    reason: str
+    significant_losses: list[str]
+    budget_bytes: int | None
+    max_loss_points: float
+
+
+@dataclass
+class ReportData:
+    reference: str
+    artifacts: list[ArtifactRow]
+    cells: list[Cell]
+    recommendation: Recommendation
+    benchmarks: dict[str, dict[str, Any]]  # name -> question_set_hash, version, n per language
+    settings: dict[str, Any]
+    timings: dict[str, Any] = field(default_factory=dict)
+
+    def cell(self, artifact: str, benchmark: str, lang: str) -> Cell | None:
+        return next(
+            (c for c in self.cells if (c.artifact, c.benchmark, c.lang) == (artifact, benchmark, lang)), None
+        )
+
+    def langs(self) -> list[str]:
+        return sorted({c.lang for c in self.cells}, key=lambda lang: (lang != "ja", lang))
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything but wall-clock measurements, which live under ``timings`` only."""
+        data = asdict(self)
+        for row in data["artifacts"]:
+            for key in ("peak_rss_bytes", "load_seconds", "prompt_tokens_per_second",
+                        "decode_tokens_per_second", "questions_per_second"):  # fmt: skip
+                data["timings"].setdefault(row["name"], {})[key] = row.pop(key)
+        return data

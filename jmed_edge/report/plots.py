@@ -1,0 +1,108 @@
+"""Report figures as PNG files (also embedded in the HTML): size vs accuracy, KL, flips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jmed_edge.report.model import ReportData
+from jmed_edge.report.stats import pareto_front
+
+_LANG_COLOURS = {"ja": "#c0392b", "en": "#2471a3"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def accuracy_vs_size(data: ReportData, out: Path) -> Path:
+    plt = _pyplot()
+    langs = data.langs()
+    fig, axes = plt.subplots(1, len(langs), figsize=(5.5 * len(langs), 4.2), squeeze=False)
+    sizes = {a.name: a.size_bytes / 1024**2 for a in data.artifacts}
+    for ax, lang in zip(axes[0], langs, strict=True):
+        for bench in sorted({c.benchmark for c in data.cells if c.lang == lang}):
+            cells = [c for c in data.cells if c.lang == lang and c.benchmark == bench]
+            pts = [(sizes[c.artifact], 100 * c.accuracy) for c in cells]
+            front = pareto_front(pts)
+            ax.errorbar(
+                [p[0] for p in pts], [p[1] for p in pts],
+                yerr=[[100 * (c.accuracy - c.ci.low) for c in cells], [100 * (c.ci.high - c.accuracy) for c in cells]],
+                fmt="o", color=_LANG_COLOURS.get(lang, "#555"), alpha=0.8, capsize=3, label=bench,
+            )  # fmt: skip
+            ordered = sorted(front, key=lambda i: pts[i][0])
+            ax.plot([pts[i][0] for i in ordered], [pts[i][1] for i in ordered], "--", color="#777",
+                    label="Pareto front" if bench == sorted({c.benchmark for c in cells})[0] else None)  # fmt: skip
+            for c, (x, y) in zip(cells, pts, strict=True):
+                ax.annotate(c.artifact, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("file size (MB, log scale)")
+        ax.set_ylabel("accuracy (%) with 95% CI")
+        ax.set_title(f"accuracy vs size: {lang}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def kl_per_quant(data: ReportData, out: Path) -> Path | None:
+    rows = [a for a in data.artifacts if a.kl]
+    if not rows:
+        return None
+    plt = _pyplot()
+    langs = sorted({lang for a in rows for lang in a.kl}, key=lambda lang: (lang != "ja", lang))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(rows) + 2), 4))
+    width = 0.8 / len(langs)
+    for i, lang in enumerate(langs):
+        xs = [j + i * width for j in range(len(rows))]
+        ax.bar(xs, [a.kl.get(lang, {}).get("mean_kl", 0.0) for a in rows], width,
+               color=_LANG_COLOURS.get(lang, "#555"), label=f"{lang} mean KL")  # fmt: skip
+        ax.scatter(xs, [a.kl.get(lang, {}).get("p99_kl", 0.0) for a in rows], marker="_", s=200,
+                   color="black", label="p99 KL" if i == 0 else None)  # fmt: skip
+    ax.set_xticks([j + width * (len(langs) - 1) / 2 for j in range(len(rows))], [a.name for a in rows],
+                  rotation=30, ha="right", fontsize=8)  # fmt: skip
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_ylabel(f"KL divergence vs {data.reference} (nats)")
+    ax.set_title("KL divergence per artifact and language")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def flips(data: ReportData, out: Path) -> Path | None:
+    cells = [c for c in data.cells if c.vs_reference is not None and c.artifact != data.reference]
+    if not cells:
+        return None
+    plt = _pyplot()
+    labels = [f"{c.artifact}\n{c.benchmark}/{c.lang}" for c in cells]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(cells) + 2), 4))
+    xs = range(len(cells))
+    ax.bar(xs, [c.vs_reference.right_to_wrong for c in cells], color="#c0392b", label="right → wrong")
+    ax.bar(xs, [c.vs_reference.wrong_to_right for c in cells],
+           bottom=[c.vs_reference.right_to_wrong for c in cells], color="#27ae60", label="wrong → right")  # fmt: skip
+    ax.set_xticks(list(xs), labels, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("questions")
+    ax.set_title(f"answer flips against {data.reference}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def draw_all(data: ReportData, folder: Path) -> dict[str, Path]:
+    made = {
+        "accuracy_vs_size": accuracy_vs_size(data, folder / "accuracy_vs_size.png"),
+        "kl_divergence": kl_per_quant(data, folder / "kl_divergence.png"),
+        "flips": flips(data, folder / "flips.png"),
+    }
+    return {k: v for k, v in made.items() if v is not None}

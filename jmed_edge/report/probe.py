@@ -1,0 +1,84 @@
+"""Speed and memory of one artifact on this machine: load time, prompt and decode tokens/s, peak RAM.
+
+Each artifact is measured in a fresh subprocess so its peak RSS is its own, not the sum of
+everything the parent process loaded before. ``python -m jmed_edge.report.probe ARTIFACT`` prints
+the measurement as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from jmed_edge.errors import ModelError
+
+# A bilingual clinical prompt of a few hundred tokens, so prompt speed is measured on real text.
+PROMPT_TEXT = (
+    "65歳男性。高血圧と2型糖尿病で通院中。3日前からの発熱と咳嗽、呼吸困難を主訴に来院した。"
+    "体温38.5℃、血圧142/88 mmHg、脈拍102/分、SpO2 93%(室内気)。胸部X線で右下肺野に浸潤影を認める。"
+    "A 65-year-old man with hypertension and type 2 diabetes presents with three days of fever, cough "
+    "and shortness of breath. Temperature 38.5 C, blood pressure 142/88 mmHg, pulse 102/min, SpO2 93% "
+    "on room air. Chest X-ray shows a right lower lobe infiltrate. 考えられる診断と初期治療を述べよ。"
+)
+DECODE_TOKENS = 48
+
+
+def measure(artifact: Path, *, n_threads: int | None = None, repeats: int = 2) -> dict[str, Any]:
+    """Run in-process: load the artifact, time a prompt pass and a greedy decode (best of ``repeats``)."""
+    from jmed_edge.runtimes import GenerationStats, SamplingParams, open_runtime
+
+    options = {"n_threads": n_threads} if n_threads else {}
+    start = time.perf_counter()
+    runtime = open_runtime(artifact, **options)
+    load_seconds = time.perf_counter() - start
+    try:
+        prompt = runtime.render_chat([{"role": "user", "content": PROMPT_TEXT}])
+        best: GenerationStats | None = None
+        for _ in range(repeats):
+            stats = GenerationStats()
+            for _piece in runtime.generate(prompt, SamplingParams(max_tokens=DECODE_TOKENS), stats):
+                pass
+            if best is None or stats.decode_tokens_per_second > best.decode_tokens_per_second:
+                best = stats
+    finally:
+        runtime.close()
+    assert best is not None
+    return {
+        "load_seconds": round(load_seconds, 3),
+        "prompt_tokens": best.prompt_tokens,
+        "prompt_tokens_per_second": round(best.prompt_tokens_per_second, 2),
+        "decode_tokens": best.completion_tokens,
+        "decode_tokens_per_second": round(best.decode_tokens_per_second, 2),
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+
+
+def measure_in_subprocess(artifact: Path, *, n_threads: int | None = None, timeout: float = 900) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "jmed_edge.report.probe", str(artifact)]
+    if n_threads:
+        cmd += ["--threads", str(n_threads)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ModelError(f"speed probe of {artifact} failed: {last}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m jmed_edge.report.probe")
+    parser.add_argument("artifact", type=Path)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    print(json.dumps(measure(args.artifact, n_threads=args.threads)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

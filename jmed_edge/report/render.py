@@ -1,0 +1,175 @@
+"""Write the report as Markdown, a self-contained HTML page (figures inlined) and JSON."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from jmed_edge.fsutil import human_bytes
+from jmed_edge.report.model import ReportData
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _num(x: float | None, fmt: str = "{:.1f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def accuracy_rows(data: ReportData) -> tuple[list[str], list[list[str]]]:
+    """The accuracy-loss table, one row per artifact x benchmark x language."""
+    head = ["artifact", "benchmark", "lang", "n", "accuracy % [95% CI]", "points %", "Δ vs ref (pts)",
+            "p (McNemar)", "flips R→W / W→R"]  # fmt: skip
+    rows = []
+    for c in sorted(data.cells, key=lambda c: (c.benchmark, c.lang, c.artifact != data.reference, c.artifact)):
+        cmp = c.vs_reference
+        rows.append([
+            c.artifact + (" (ref)" if c.artifact == data.reference else ""),
+            c.benchmark, c.lang, str(c.n),
+            f"{_pct(c.accuracy)} [{_pct(c.ci.low)}, {_pct(c.ci.high)}]",
+            _pct(c.points),
+            "-" if cmp is None or c.artifact == data.reference else f"{100 * cmp.difference:+.1f}",
+            "-" if cmp is None or c.artifact == data.reference else f"{cmp.p_value:.3g}",
+            "-" if cmp is None or c.artifact == data.reference else f"{cmp.right_to_wrong} / {cmp.wrong_to_right}",
+        ])  # fmt: skip
+    return head, rows
+
+
+def generation_rows(data: ReportData) -> tuple[list[str], list[list[str]]]:
+    head = ["artifact", "benchmark", "lang", "exact match %", "Gestalt score", "Gestalt-nearest acc %"]
+    rows = [
+        [c.artifact, c.benchmark, c.lang, _pct(c.generation.get("exact_match")),
+         _num(c.generation.get("gestalt_score"), "{:.3f}"), _pct(c.generation.get("gestalt_nearest_accuracy"))]
+        for c in data.cells if c.generation
+    ]  # fmt: skip
+    return head, rows
+
+
+def kl_rows(data: ReportData) -> tuple[list[str], list[list[str]]]:
+    head = ["artifact", "lang", "mean KL", "p99 KL", "top-1 agree %", "perplexity", "positions"]
+    rows = []
+    for a in data.artifacts:
+        for lang, kl in sorted(a.kl.items(), key=lambda kv: (kv[0] != "ja", kv[0])):
+            rows.append([a.name, lang, _num(kl.get("mean_kl"), "{:.4f}"), _num(kl.get("p99_kl"), "{:.4f}"),
+                         _pct(kl.get("top1")), _num(kl.get("perplexity"), "{:.2f}"), str(kl.get("positions", "-"))])  # fmt: skip
+    return head, rows
+
+
+def perf_rows(data: ReportData) -> tuple[list[str], list[list[str]]]:
+    head = ["artifact", "format", "quant", "file size", "peak RAM", "load s", "prompt tok/s", "gen tok/s", "questions/s"]
+    rows = [
+        [a.name, a.format, a.quant, human_bytes(a.size_bytes),
+         human_bytes(a.peak_rss_bytes) if a.peak_rss_bytes else "-", _num(a.load_seconds, "{:.2f}"),
+         _num(a.prompt_tokens_per_second), _num(a.decode_tokens_per_second), _num(a.questions_per_second, "{:.2f}")]
+        for a in data.artifacts
+    ]  # fmt: skip
+    return head, rows
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> str:
+    if not rows:
+        return "_none_\n"
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _recommendation_text(data: ReportData) -> str:
+    rec = data.recommendation
+    lines = [f"**{rec.chosen}**: {rec.reason}" if rec.chosen else f"**No recommendation**: {rec.reason}"]
+    if rec.significant_losses:
+        lines.append("Statistically significant losses (McNemar p < 0.05): " + "; ".join(rec.significant_losses))
+    else:
+        lines.append("No artifact lost accuracy significantly (McNemar p < 0.05) against the reference.")
+    return "\n\n".join(lines)
+
+
+_NOTES = (
+    "Accuracy intervals are 95% percentile bootstrap intervals over questions. Δ is paired against the "
+    "reference on the same questions; p is McNemar's exact test on the flipped answers. Flips count "
+    "answers that changed from right to wrong (R→W) and wrong to right (W→R): accuracy can stay flat "
+    "while many answers flip. KL divergence, top-1 agreement and perplexity are measured on the bundled "
+    "bilingual medical text, per language. Timings are from this machine and vary with its load."
+)
+
+
+def sections(data: ReportData, figures: dict[str, Path]) -> list[tuple[str, str, tuple | None, str | None]]:
+    """(title, intro text, table, figure key) in report order; shared by Markdown and HTML."""
+    return [
+        ("Recommendation", _recommendation_text(data), None, None),
+        ("Accuracy against the reference", f"Reference: **{data.reference}**.", accuracy_rows(data), "accuracy_vs_size"),
+        ("Answer flips", "", None, "flips"),
+        ("Generation metrics", "", generation_rows(data), None),
+        ("KL divergence against the reference", "", kl_rows(data), "kl_divergence"),
+        ("Size, memory and speed", "", perf_rows(data), None),
+    ]
+
+
+def write_markdown(data: ReportData, figures: dict[str, Path], out: Path) -> None:
+    parts = ["# jmed-edge quantization report\n", _NOTES + "\n"]
+    for title, intro, table, fig in sections(data, figures):
+        if table is not None and not table[1] and not intro:
+            continue
+        parts.append(f"## {title}\n")
+        if intro:
+            parts.append(intro + "\n")
+        if table is not None:
+            parts.append(_md_table(*table))
+        if fig and fig in figures:
+            parts.append(f"![{title}]({figures[fig].name})\n")
+    out.write_text("\n".join(parts), encoding="utf-8")
+
+
+_CSS = """
+body{font-family:system-ui,"Hiragino Sans","Noto Sans CJK JP",sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}
+.rec{background:#eef7ee;border-left:4px solid #27ae60;padding:.6em 1em}.note{color:#555;font-size:.9em}
+"""
+
+
+def _html_table(head: list[str], rows: list[list[str]]) -> str:
+    if not rows:
+        return "<p><em>none</em></p>"
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _inline_png(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _md_bold_to_html(text: str) -> str:
+    out, bold = [], False
+    for i, part in enumerate(html.escape(text).split("**")):
+        if i:
+            bold = not bold
+            out.append("<strong>" if bold else "</strong>")
+        out.append(part)
+    return "".join(out).replace("\n\n", "<br><br>")
+
+
+def write_html(data: ReportData, figures: dict[str, Path], out: Path) -> None:
+    parts = [f"<!doctype html><html lang='en'><meta charset='utf-8'><title>jmed-edge report</title><style>{_CSS}</style>",
+             "<h1>jmed-edge quantization report</h1>", f"<p class='note'>{html.escape(_NOTES)}</p>"]  # fmt: skip
+    for title, intro, table, fig in sections(data, figures):
+        if table is not None and not table[1] and not intro:
+            continue
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        if intro:
+            cls = " class='rec'" if title == "Recommendation" else ""
+            parts.append(f"<p{cls}>{_md_bold_to_html(intro)}</p>")
+        if table is not None:
+            parts.append(_html_table(*table))
+        if fig and fig in figures:
+            parts.append(f"<img alt='{html.escape(title)}' src='{_inline_png(figures[fig])}'>")
+    parts.append("</html>")
+    out.write_text("\n".join(parts), encoding="utf-8")
+
+
+def write_json(data: ReportData, out: Path) -> None:
+    out.write_text(json.dumps(data.to_json(), indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")

@@ -1,0 +1,334 @@
+"""Hugging Face runtime: a model folder (or a peft adapter over its base) run by torch.
+
+Scoring batches many contexts per forward pass (left-padded, logits only where needed), so a
+benchmark of short multiple-choice prompts runs at the speed of batched inference rather than
+one prompt at a time. Generation is a plain token loop over the KV cache, which streams, times
+prompt and decode separately and stops the moment the caller stops reading.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jmed_edge.artifacts import ArtifactInfo
+from jmed_edge.errors import ArtifactError, ConfigError, DependencyError, ModelError
+from jmed_edge.runtimes.base import (
+    ContinuationScore,
+    GenerationStats,
+    SamplingParams,
+    StopMatcher,
+    split_continuation,
+)
+
+log = logging.getLogger(__name__)
+
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DependencyError(f"device {device!r} was asked for but torch sees no CUDA GPU; use --device cpu")
+    return device
+
+
+def _adapter_base(info: ArtifactInfo) -> Path:
+    """The base model folder a peft adapter was trained on (must be a local folder: offline)."""
+    config = json.loads((info.path / "adapter_config.json").read_text(encoding="utf-8"))
+    candidates = [config.get("base_model_name_or_path") or ""]
+    if info.manifest and info.manifest.parent:
+        candidates.insert(0, info.manifest.parent.get("path", ""))
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "config.json").exists():
+            return Path(candidate)
+    raise ArtifactError(
+        f"{info.path} is a LoRA adapter whose base model ({candidates[-1] or 'unnamed'}) is not a local "
+        "folder; pass base=PATH to the runtime or merge the adapter first (jmed-edge merge)"
+    )
+
+
+class HFRuntime:
+    """Runtime over ``transformers`` + torch. ``device``: auto | cpu | cuda[:N]."""
+
+    name = "hf"
+
+    def __init__(
+        self,
+        info: ArtifactInfo,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        base: Path | str | None = None,
+        batch_size: int = 8,
+        max_batch_tokens: int = 8192,
+        n_threads: int | None = None,
+        **unused: Any,
+    ) -> None:
+        try:
+            import torch
+            import transformers  # noqa: F401
+        except ImportError as exc:
+            raise DependencyError(f"the Hugging Face runtime needs torch and transformers ({exc})") from exc
+        if dtype not in _DTYPES:
+            raise ConfigError(f'unknown dtype "{dtype}"; use one of {", ".join(_DTYPES)}')
+        if unused:
+            log.debug("hf runtime ignores options %s", sorted(unused))
+        if n_threads:
+            torch.set_num_threads(n_threads)
+        self.info = info
+        self.artifact = info.path
+        self.device = _resolve_device(device)
+        self.batch_size = max(1, batch_size)
+        self.max_batch_tokens = max_batch_tokens
+        started = time.perf_counter()
+        self.model, self.tokenizer = self._load(info, dtype, Path(base) if base else None)
+        self.load_seconds = time.perf_counter() - started
+        config = self.model.config
+        self.context_length = int(getattr(config, "max_position_embeddings", 0) or 2048)
+        self.chat_template = getattr(self.tokenizer, "chat_template", None)
+        self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        bos = self.tokenizer.bos_token
+        self._bos_text = bos if isinstance(bos, str) and bos else None
+        self._pad_id = self.tokenizer.pad_token_id
+        if self._pad_id is None:
+            self._pad_id = self.tokenizer.eos_token_id or 0
+
+    # --- loading -----------------------------------------------------------------------
+
+    def _load(self, info: ArtifactInfo, dtype: str, base: Path | None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch_dtype: Any = "auto" if dtype == "auto" else getattr(torch, dtype)
+        adapter = info.format == "peft-adapter"
+        model_dir = (base or _adapter_base(info)) if adapter else info.path
+        tokenizer_dir = info.path if adapter and (info.path / "tokenizer_config.json").exists() else model_dir
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelError(f"cannot load {model_dir} with transformers ({type(exc).__name__}: {exc})") from exc
+        if adapter:
+            try:
+                from peft import PeftModel
+            except ImportError as exc:
+                raise DependencyError("loading a LoRA adapter needs peft; pip install peft") from exc
+            model = PeftModel.from_pretrained(model, info.path)
+        model.to(self.device)
+        model.eval()
+        return model, tokenizer
+
+    # --- tokens and templates ------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        # A rendered chat template already starts with BOS (Llama 3): never add a second one.
+        if add_special and self._bos_text and text.startswith(self._bos_text):
+            add_special = False
+        return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def render_chat(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
+        if not self.chat_template:
+            raise ConfigError(
+                f"{self.artifact} has no chat template; use a plain prompt format (medpalm or alpaca)"
+            )
+        return self.tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    # --- scoring -------------------------------------------------------------------------
+
+    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        import torch
+
+        ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, use_cache=False)
+        return out.logits[0].float().cpu().numpy()
+
+    def score_continuations(self, context: str, continuations: Sequence[str]) -> list[ContinuationScore]:
+        return self.score_batch([(context, continuations)])[0]
+
+    def score_batch(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[list[ContinuationScore]]:
+        """Log-likelihoods for many (context, continuations) pairs, batched across contexts.
+
+        Each distinct ``context + continuation[:-1]`` token sequence is run once; single-token
+        continuations (letters) of one context share a single sequence.
+        """
+        sequences: dict[tuple[int, ...], int] = {}  # token sequence -> row
+        plan: list[list[tuple[int, list[int]]]] = []  # per item, per continuation: (row, cont ids)
+        for context, continuations in items:
+            ctx_ids = self.tokenize(context, add_special=True)
+            if not ctx_ids:
+                raise ConfigError("cannot score a continuation of an empty context on a model without BOS")
+            per_item = []
+            for continuation in continuations:
+                cont = split_continuation(lambda t: self.tokenize(t, add_special=True), ctx_ids, context, continuation)
+                seq = tuple(ctx_ids + cont[:-1])
+                per_item.append((sequences.setdefault(seq, len(sequences)), cont))
+            plan.append(per_item)
+        # Positions each sequence must predict: the last len(cont) positions, at most.
+        need = [1] * len(sequences)
+        for per_item in plan:
+            for row, cont in per_item:
+                need[row] = max(need[row], len(cont))
+        rows = self._forward_rows(list(sequences), need)
+        results = []
+        for per_item in plan:
+            scores = []
+            for row, cont in per_item:
+                lp = rows[row][-len(cont) :]  # log-probs predicting each continuation token
+                ids = np.asarray(cont)
+                picked = lp[np.arange(len(ids)), ids]
+                scores.append(ContinuationScore(float(picked.sum()), len(ids), bool(np.all(lp.argmax(-1) == ids))))
+            results.append(scores)
+        return results
+
+    def _forward_rows(self, sequences: list[tuple[int, ...]], need: list[int]) -> list[np.ndarray]:
+        """Log-softmax of the last ``need[i]`` positions of every sequence, batched by length."""
+        import torch
+
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        out: list[np.ndarray | None] = [None] * len(sequences)
+        start = 0
+        while start < len(order):
+            end = start + 1
+            # Grow the batch while it fits both limits (sorted: the last one is the longest).
+            while (
+                end < len(order)
+                and end - start < self.batch_size
+                and len(sequences[order[end]]) * (end - start + 1) <= self.max_batch_tokens
+            ):
+                end += 1
+            batch = order[start:end]
+            width = max(len(sequences[i]) for i in batch)
+            keep = max(need[i] for i in batch)
+            ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for r, i in enumerate(batch):  # left padding: every sequence ends at the last column
+                seq = sequences[i]
+                ids[r, width - len(seq) :] = torch.tensor(seq)
+                mask[r, width - len(seq) :] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            with torch.inference_mode():
+                logits = self.model(
+                    input_ids=ids.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    position_ids=positions.to(self.device),
+                    use_cache=False,
+                    logits_to_keep=keep,
+                ).logits
+                logprobs = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
+            for r, i in enumerate(batch):
+                out[i] = logprobs[r, keep - need[i] :]
+            start = end
+        return out  # type: ignore[return-value]
+
+    # --- generation ----------------------------------------------------------------------
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for source in (getattr(self.model, "generation_config", None), self.model.config, self.tokenizer):
+            value = getattr(source, "eos_token_id", None) if source is not None else None
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, list | tuple):
+                ids.update(int(v) for v in value)
+        return ids
+
+    def generate(
+        self, prompt: str, params: SamplingParams, stats: GenerationStats | None = None
+    ) -> Iterator[str]:
+        import torch
+
+        stats = stats if stats is not None else GenerationStats()
+        prompt_ids = self.tokenize(prompt, add_special=True)
+        stats.prompt_tokens = len(prompt_ids)
+        eos = self._eos_ids()
+        generator = torch.Generator(device="cpu").manual_seed(params.seed)
+        matcher = StopMatcher(params.stop)
+        generated: list[int] = []
+        emitted = ""
+        stats.finish_reason = "length"
+        ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
+        past = None
+        clock = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                for step in range(params.max_tokens):
+                    out = self.model(input_ids=ids, past_key_values=past, use_cache=True, logits_to_keep=1)
+                    past = out.past_key_values
+                    token = self._sample(out.logits[0, -1].float(), prompt_ids + generated, params, generator)
+                    now = time.perf_counter()
+                    if step == 0:
+                        stats.prompt_seconds = now - clock
+                    else:
+                        stats.decode_seconds += now - clock
+                    clock = now
+                    if token in eos:
+                        stats.finish_reason = "stop"
+                        break
+                    generated.append(token)
+                    stats.completion_tokens = len(generated)
+                    text = self.tokenizer.decode(generated, skip_special_tokens=True)
+                    if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+                        ids = torch.tensor([[token]], device=self.device)
+                        continue
+                    piece, emitted = text[len(emitted) :], text
+                    safe = matcher.feed(piece)
+                    if safe:
+                        yield safe
+                    if matcher.stopped:
+                        stats.finish_reason = "stop"
+                        return
+                    ids = torch.tensor([[token]], device=self.device)
+        except GeneratorExit:
+            stats.finish_reason = "cancelled"
+            raise
+        rest = matcher.flush()
+        if rest:
+            yield rest
+
+    @staticmethod
+    def _sample(logits, history: list[int], params: SamplingParams, generator) -> int:
+        import torch
+
+        if params.repeat_penalty != 1.0 and history:
+            seen = torch.tensor(sorted(set(history)), device=logits.device)
+            values = logits[seen]
+            logits[seen] = torch.where(values > 0, values / params.repeat_penalty, values * params.repeat_penalty)
+        if params.temperature <= 0:
+            return int(logits.argmax())
+        logits = logits / params.temperature
+        if params.top_k > 0:
+            kth = torch.topk(logits, min(params.top_k, logits.numel())).values[-1]
+            logits[logits < kth] = float("-inf")
+        probs = torch.softmax(logits, dim=-1)
+        if params.top_p < 1.0:
+            sorted_probs, order = probs.sort(descending=True)
+            drop = sorted_probs.cumsum(0) - sorted_probs > params.top_p
+            sorted_probs[drop] = 0
+            probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+        return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+
+    def close(self) -> None:
+        import gc
+
+        self.model = None  # type: ignore[assignment]
+        gc.collect()
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()

@@ -1,0 +1,338 @@
+"""The training recipe: a YAML file validated into typed sections, every problem reported at once.
+
+A recipe may hold sections owned by later stages (``convert:``, ``bench:``, ``report:``); training
+validates only its own (``model``, ``data``, ``lora``, ``train``, ``output``) and rejects unknown
+keys inside them with a "did you mean". Relative data paths resolve against the shipped root for
+a shipped recipe and against the recipe's own folder for a user's recipe.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from jmed_edge.errors import ConfigError, did_you_mean
+from jmed_edge.prompts import TEMPLATES
+from jmed_edge.recipes_cli import resolve_recipe
+from jmed_edge.resources import shipped_root
+
+Format = Literal["alpaca", "chat", "igakuqa"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+# A subset of transformers' OptimizerNames: plain AdamW, its fused CUDA kernel, and the
+# bitsandbytes 8-bit / paged variants the QLoRA paper uses to fit 7B training on one GPU.
+Optimizer = Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(_Section):
+    path: str = "default"
+    quantization: Literal["none", "nf4"] = "none"
+
+
+class DataFile(_Section):
+    path: str
+    format: Format | None = None
+
+
+class McqSection(_Section):
+    languages: list[Literal["ja", "en"]] = Field(default_factory=lambda: ["ja"], min_length=1)
+    answer_text: bool = False
+    text_only: bool = True
+
+
+class DataSection(_Section):
+    files: list[str | DataFile] = Field(min_length=1)
+    format: Format = "alpaca"
+    template: str = "alpaca"
+    lang: Literal["auto", "ja", "en"] = "auto"
+    system: str | None = None
+    eval_split: float = Field(default=0.0, ge=0.0)
+    mcq: McqSection = Field(default_factory=McqSection)
+
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, value: str) -> str:
+        if value not in TEMPLATES:
+            raise ValueError(f'unknown template "{value}"{did_you_mean(value, TEMPLATES)}; known: {", ".join(TEMPLATES)}')
+        return value
+
+    @field_validator("eval_split")
+    @classmethod
+    def _split(cls, value: float) -> float:
+        if 0.5 <= value < 1 or (value >= 1 and value != int(value)):
+            raise ValueError("a fraction below 0.5 or a whole number of examples")
+        return value
+
+
+class LoraSection(_Section):
+    r: int = Field(default=8, gt=0)
+    alpha: float = Field(default=16, gt=0)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj"])
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, list) and not value:
+            raise ValueError('name at least one module, or "all-linear"')
+        return value
+
+
+class TrainSection(_Section):
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int | None = Field(default=None, gt=0)
+    lr: float = Field(default=2e-4, gt=0)
+    schedule: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup: float = Field(default=0.0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    optimizer: Optimizer = "adamw_torch"
+    max_grad_norm: float = Field(default=1.0, ge=0)
+    batch_size: int = Field(default=4, gt=0)
+    grad_accum: int = Field(default=1, gt=0)
+    max_length: int = Field(default=512, ge=16)
+    seed: int = 42
+    precision: Precision = "auto"
+    gradient_checkpointing: bool = False
+    group_by_length: bool = True
+    log_every: int = Field(default=1, gt=0)
+    eval_every: int | None = Field(default=None, gt=0)
+
+
+class OutputSection(_Section):
+    dir: str = "runs/adapter"
+    checkpoint_every: int = Field(default=50, gt=0)
+    keep_checkpoints: int = Field(default=2, gt=0)
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "model": ModelSection, "data": DataSection, "lora": LoraSection,
+    "train": TrainSection, "output": OutputSection,
+}  # fmt: skip
+REQUIRED = ("data",)
+
+
+class Recipe(BaseModel):
+    """A validated recipe; ``source`` is the YAML it came from, ``base_dir`` where its relative data paths start."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection
+    lora: LoraSection = Field(default_factory=LoraSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    output: OutputSection = Field(default_factory=OutputSection)
+    source: str = ""
+    base_dir: str = "."
+    shipped: bool = False
+
+    def data_files(self) -> list[tuple[Path, str]]:
+        """Every data file or folder with its format, paths resolved (see ``resolve_data_path``)."""
+        return [
+            (resolve_data_path(entry if isinstance(entry, str) else entry.path, self),
+             self.data.format if isinstance(entry, str) or entry.format is None else entry.format)
+            for entry in self.data.files
+        ]  # fmt: skip
+
+    def resolved(self) -> dict[str, Any]:
+        """The training sections with data paths made absolute: what the manifest records."""
+        out = self.model_dump(include=set(SECTIONS))
+        out["data"]["files"] = [{"path": str(p), "format": f} for p, f in self.data_files()]
+        return out
+
+
+def resolve_data_path(raw: str, recipe: Recipe) -> Path:
+    """Absolute path of a data entry; a copied shipped recipe still finds the bundled data."""
+    path = Path(raw).expanduser()
+    if path.is_absolute():
+        return path
+    candidate = (Path(recipe.base_dir) / path).resolve()
+    if not candidate.exists() and not recipe.shipped and (shipped_root() / path).exists():
+        return (shipped_root() / path).resolve()
+    return candidate
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` settings; values are read as YAML (``20``, ``[q_proj,v_proj]``, ``null``)."""
+    data = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f'--set takes key=value, e.g. train.max_steps=20; found "{item}"')
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f'--set {key}: "{part}" is a value, not a section; found "{item}"')
+            node = child
+        try:
+            node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            node[parts[-1]] = value
+    return data
+
+
+def _loc(loc: Sequence[Any]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part in ("str", "DataFile", "list[str]", "literal['all-linear']"):
+            continue  # pydantic names the union member it tried; the user needs only the key
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _fields_at(section: type[BaseModel], loc: Sequence[Any]) -> list[str]:
+    """Field names of the model a key was found in, to suggest the closest."""
+    model: Any = section
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) and hasattr(model, "model_fields") else None
+        if field is None:
+            if part == "DataFile":
+                model = DataFile
+            continue
+        annotation = field.annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else model
+    return list(getattr(model, "model_fields", {}))
+
+
+def _describe(section: str, model: type[BaseModel], error: dict[str, Any]) -> str | None:
+    loc = (section, *error["loc"])
+    where = _loc(loc)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        key = str(error["loc"][-1])
+        return f"{where}: unknown key{did_you_mean(key, _fields_at(model, error['loc']))}"
+    if kind == "missing":
+        return f"{where}: required"
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        found = str(error.get("input"))
+        choices = [c.strip(" '") for c in expected.replace(" or ", ",").split(",")]
+        return f'{where}: expected {expected}, found "{found}"{did_you_mean(found, choices)}'
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{where}: {message} (found {error.get('input')!r})"
+
+
+def validate_recipe(raw: dict[str, Any], *, source: str = "", base_dir: Path = Path("."), shipped: bool = False) -> Recipe:
+    """Validate a recipe dict; raise one ``ConfigError`` listing every problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source or 'recipe'} must be a YAML mapping of sections (model:, data:, train:, ...)")
+    problems: list[str] = []
+    for key in raw:
+        if key not in SECTIONS and did_you_mean(str(key), SECTIONS):
+            problems.append(f"{key}: unknown section{did_you_mean(str(key), SECTIONS)}")
+    for name in REQUIRED:
+        if raw.get(name) is None:
+            problems.append(f"{name}: required section")
+    sections: dict[str, Any] = {}
+    for name, model in SECTIONS.items():
+        value = raw.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            problems.append(f"{name}: must be a mapping of settings, found {value!r}")
+            continue
+        try:
+            sections[name] = model.model_validate(value)
+        except ValidationError as exc:
+            seen: set[str] = set()
+            for error in exc.errors():
+                line = _describe(name, model, dict(error))
+                if line and line not in seen:
+                    seen.add(line)
+                    problems.append(line)
+    if not problems:
+        recipe = Recipe(**sections, source=source, base_dir=str(base_dir), shipped=shipped)
+        problems += _cross_checks(recipe)
+    if problems:
+        label = f"recipe {source}" if source else "recipe"
+        count = f"{len(problems)} problems" if len(problems) > 1 else "a problem"
+        raise ConfigError(f"{label} has {count}: " + "; ".join(problems))
+    return recipe
+
+
+def _cross_checks(recipe: Recipe) -> list[str]:
+    problems = []
+    for i, (path, fmt) in enumerate(recipe.data_files()):
+        if not path.exists():
+            problems.append(f"data.files[{i}]: {path} not found")
+        elif fmt == "igakuqa" and path.is_file() and path.suffix != ".jsonl":
+            problems.append(f"data.files[{i}]: igakuqa data is a folder of .jsonl files or one .jsonl, found {path.name}")
+        elif fmt != "igakuqa" and path.is_dir():
+            problems.append(f"data.files[{i}]: {path} is a folder; {fmt} data is a .jsonl file")
+        if fmt == "chat" and recipe.data.template != "chat":
+            problems.append(f'data.template: chat-format data ({path.name}) needs template "chat", found "{recipe.data.template}"')
+    return sorted(set(problems), key=problems.index)
+
+
+def load_recipe(path_or_name: str | Path, overrides: Iterable[str] = ()) -> Recipe:
+    """Read and validate a recipe file or shipped recipe name, with ``--set`` overrides applied."""
+    path = resolve_recipe(path_or_name).resolve()
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where} is not valid YAML ({getattr(exc, 'problem', exc)}); fix the file") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must be a YAML mapping of sections (model:, data:, train:, ...)")
+    root = shipped_root().resolve()
+    is_shipped = path.parent == (root / "recipes")
+    base_dir = root if is_shipped else path.parent
+    return validate_recipe(apply_overrides(raw, overrides), source=str(path), base_dir=base_dir, shipped=is_shipped)
+
+
+def data_hashes(recipe: Recipe) -> dict[str, str]:
+    """sha256 of every data file the recipe reads (each .jsonl of an IgakuQA folder)."""
+    from jmed_edge.manifest import sha256_file
+
+    hashes = {}
+    for path, _ in recipe.data_files():
+        files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+        for file in files:
+            hashes[str(file)] = sha256_file(file)
+    return hashes
+
+
+# Settings that do not change the trained weights, left out of the fingerprint.
+_NOT_FINGERPRINTED = {"output": None, "train": {"log_every"}}
+
+
+def fingerprint_config(recipe: Recipe) -> dict[str, Any]:
+    config = recipe.resolved()
+    config.pop("output")
+    for key in _NOT_FINGERPRINTED["train"]:
+        config["train"].pop(key, None)
+    return config
+
+
+def recipe_fingerprint(recipe: Recipe) -> str:
+    """A hash of everything that shapes the adapter: the resolved training config and data hashes."""
+    payload = {"config": fingerprint_config(recipe), "data": data_hashes(recipe)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def changed_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved configs."""
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += changed_settings(a, b, f"{name}.")
+        elif a != b:
+            changed.append(name)
+    return changed
