@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from jmed_edge.artifacts import ArtifactInfo
 from jmed_edge.errors import ConfigError
 from jmed_edge.runtimes.base import Runtime
 
@@ -63,13 +64,19 @@ def runtime_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def open_model(
-    artifact: Path, *, lora: Path | None = None, runtime: str | None = None, **options: Any
+    artifact: Path | ArtifactInfo, *, lora: Path | None = None, runtime: str | None = None, **options: Any
 ) -> Runtime:
-    """Describe ``artifact`` (one-line ``ArtifactError`` if it is no model) and open its runtime."""
+    """Open ``artifact`` (a path, or what ``describe`` said of it) with its runtime.
+
+    A path that is no model gives ``describe``'s one-line ``ArtifactError``. Describing a bare
+    GGUF reads its header, which takes seconds for a large vocabulary: callers opening several
+    instances describe once and pass the ``ArtifactInfo``.
+    """
     from jmed_edge.artifacts import describe
     from jmed_edge.runtimes.base import open_runtime
 
-    info = describe(Path(artifact))
+    info = artifact if isinstance(artifact, ArtifactInfo) else describe(Path(artifact))
+    artifact = info.path
     if info.format == "gguf-lora":
         raise ConfigError(
             f"{artifact} is a LoRA adapter, not a model; pass the base GGUF as ARTIFACT and this file as --lora"

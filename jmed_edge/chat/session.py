@@ -1,9 +1,10 @@
 """A conversation with one model: the history, fitting it into the context window, saving it.
 
 The prompt is always the artifact's own chat template applied to the messages
-(``runtime.render_chat``). When the conversation no longer fits beside the answer budget, the
-oldest exchanges are left out of the prompt (the caller shows a notice); they stay in the
-transcript that ``save`` writes. A single message too long for the context is an error.
+(``runtime.render_chat``). When the conversation no longer leaves room for an answer
+(``max_tokens``, or half the context if that is smaller), the oldest exchanges are left out of
+the prompt (the caller shows a notice); they stay in the transcript that ``save`` writes. A
+single message too long for the context is an error; an answer is cut where the context ends.
 """
 
 from __future__ import annotations
@@ -100,11 +101,12 @@ class ChatSession:
     def ask(self, text: str) -> Turn:
         """Prepare the prompt for ``text`` (dropping old exchanges if needed) and start answering."""
         ctx = self.context_length
+        room = min(self.params.max_tokens, ctx // 2)  # kept free for the answer
         start = self._window_start
         while True:
             prompt = self.runtime.render_chat(self._messages(start, text))
             n_prompt = self.count_tokens(prompt)
-            if n_prompt + self.params.max_tokens <= ctx or start >= len(self.transcript):
+            if n_prompt + room <= ctx or start >= len(self.transcript):
                 break
             start += 2  # one user/assistant exchange
         if n_prompt >= ctx:

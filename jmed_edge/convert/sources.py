@@ -90,12 +90,13 @@ def check_hf_source(path: Path) -> HFSource:
     config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     architectures = config.get("architectures") or []
     check_architecture(architectures[0] if architectures else None, path)
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise ModelError(f"{path} has no *.safetensors weights (only .bin?); re-save it with safe_serialization=True")
     n_params = weight_bytes = 0
-    for file in files:
+    for file in sorted(path.glob("*.safetensors")):
         count, size = _safetensors_params(file)
         n_params += count
         weight_bytes += size
+    if not n_params:  # pickled *.bin weights: no header to read; estimate from size and dtype
+        weight_bytes = sum(f.stat().st_size for f in path.glob("*.bin"))
+        dtype = str(config.get("torch_dtype") or config.get("dtype") or "float32")
+        n_params = weight_bytes // (4 if "32" in dtype else 2)
     return HFSource(path.resolve(), info.name, architectures[0], info.manifest, n_params, weight_bytes)

@@ -87,17 +87,40 @@ def _merge(adapter: Path, out: Path, dtype: str, stages: _Stages) -> Path:
     return merged
 
 
+def _gguf_fresh(merged: Path, folder: Path, quants: list[str], imatrix: str | None, outtype: str) -> dict[str, Path]:
+    """The existing GGUF artifacts when all were made from this merged model with these settings."""
+    from jmed_edge.convert.quant_types import parse_quants, quant_type
+
+    merged_info = _manifest_details(merged)
+    base = folder / quant_type(outtype).name
+    base_info = _manifest_details(base)
+    if not merged_info or not base_info or base_info["parent"].get("sha256") != merged_info["sha256"] \
+            or base_info["config"].get("outtype") != outtype:  # fmt: skip
+        return {}
+    found = {base.name: base}
+    for q in parse_quants(quants):
+        if q.is_float:
+            continue
+        info = _manifest_details(folder / q.name)
+        used = info and info["config"].get("imatrix")
+        wanted = ("auto" if imatrix == "auto" else "file") if imatrix and q.uses_imatrix else None
+        if not info or info["parent"].get("sha256") != base_info["sha256"] or used != wanted:
+            return {}
+        found[q.name] = folder / q.name
+    return found
+
+
 def _convert_gguf(merged: Path, out: Path, sections: PipelineSections, stages: _Stages) -> dict[str, Path]:
-    from jmed_edge.convert.gguf import convert_to_gguf, gguf_up_to_date
+    from jmed_edge.convert.gguf import convert_to_gguf
 
     cfg = sections.convert.gguf
     if not cfg.enabled:
         return {}
     folder = out / "gguf"
-    todo = gguf_up_to_date(merged, folder, cfg.quants, imatrix=cfg.imatrix, outtype=cfg.outtype)
-    if todo["fresh"]:
-        stages.skip("convert gguf", "every GGUF matches the merged model and settings")
-        return todo["artifacts"]
+    fresh = _gguf_fresh(merged, folder, cfg.quants, cfg.imatrix, cfg.outtype)
+    if fresh:
+        stages.skip("convert gguf", "every GGUF was made from this merged model with these settings")
+        return fresh
     started = stages.start("convert gguf")
     made = convert_to_gguf(merged, folder, quants=cfg.quants, imatrix=cfg.imatrix, outtype=cfg.outtype, force=True)
     stages.done("convert gguf", started)
@@ -121,6 +144,14 @@ def _convert_onnx(merged: Path, out: Path, sections: PipelineSections, stages: _
     return made
 
 
+def bench_label(artifact: Path) -> str:
+    """The name ``jmed-edge bench`` files an artifact's results under."""
+    from jmed_edge.artifacts import describe
+    from jmed_edge.bench.artifact_id import artifact_label
+
+    return artifact_label(describe(artifact))
+
+
 def _bench(artifacts: dict[str, Path], out: Path, sections: PipelineSections, stages: _Stages) -> Path:
     from jmed_edge.bench import BenchSettings, run_benchmark
     from jmed_edge.report.probe import measure_in_subprocess
@@ -131,9 +162,10 @@ def _bench(artifacts: dict[str, Path], out: Path, sections: PipelineSections, st
                              limit=cfg.limit, seed=cfg.seed)  # fmt: skip
     started = stages.start("bench")
     for label, artifact in artifacts.items():
+        stages.console.print(f"benchmarking {label}")
         for spec in cfg.benchmarks:
-            run_benchmark(artifact, spec, run_dir, settings, name=label)
-        perf_file = run_dir / label / "perf.json"
+            run_benchmark(artifact, spec, run_dir, settings, progress=_bench_progress(stages.console))
+        perf_file = run_dir / bench_label(artifact) / "perf.json"
         sha = (read_manifest(artifact, required=False) or type("M", (), {"sha256": ""})).sha256
         cached = json.loads(perf_file.read_text()) if perf_file.exists() else {}
         if cached.get("sha256") != sha or not sha:
@@ -144,6 +176,21 @@ def _bench(artifacts: dict[str, Path], out: Path, sections: PipelineSections, st
             perf_file.write_text(json.dumps(perf, indent=1))
     stages.done("bench", started)
     return run_dir
+
+
+def _bench_progress(console: Console):
+    """A one-line live status per benchmark run (questions done, running accuracy, speed)."""
+    last = {"shown": 0.0}
+
+    def show(p: Any) -> None:
+        now = time.perf_counter()
+        if now - last["shown"] < 2 and p.done < p.total:
+            return
+        last["shown"] = now
+        console.print(f"  {p.artifact} / {p.benchmark}: {p.done}/{p.total}, accuracy "
+                      f"{p.n_correct / max(p.done, 1):.1%}, {p.questions_per_second:.1f} q/s", highlight=False)  # fmt: skip
+
+    return show
 
 
 def run_pipeline(
@@ -179,7 +226,8 @@ def run_pipeline(
 
     started = stages.start("report")
     rep = sections.report
-    data = build_report([run_dir], rep.reference, budget_bytes=parse_bytes(rep.budget) if rep.budget else None,
+    reference = bench_label(result.artifacts[rep.reference]) if rep.reference in result.artifacts else rep.reference
+    data = build_report([run_dir], reference, budget_bytes=parse_bytes(rep.budget) if rep.budget else None,
                         max_loss=rep.max_loss, kl=rep.kl, kl_cache=out / "kl-cache.json", seed=sections.bench.seed)  # fmt: skip
     result.report = write_report(data, out / "report")
     stages.done("report", started)

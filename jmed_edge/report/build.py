@@ -70,18 +70,14 @@ def find_runs(run_dirs: Iterable[Path]) -> list[Run]:
                 summary = json.loads(summary_path.read_text(encoding="utf-8"))
             except json.JSONDecodeError as exc:
                 raise ArtifactError(f"{summary_path} is not valid JSON ({exc.msg}); rerun jmed-edge bench") from exc
-            artifact = str(summary.get("artifact", {}).get("name") or folder.parent.name)
-            benchmark = str(summary.get("benchmark", {}).get("name") if isinstance(summary.get("benchmark"), dict)
-                            else summary.get("benchmark") or folder.name)  # fmt: skip
+            artifact = str(summary.get("artifact_name") or folder.parent.name)
+            benchmark = str(summary.get("benchmark") or folder.name)
             runs.append(Run(artifact, benchmark, folder, summary, _read_predictions(preds)))
     return runs
 
 
 def _question_set(run: Run) -> tuple[Any, Any]:
-    s = run.summary
-    bench = s.get("benchmark") if isinstance(s.get("benchmark"), dict) else {}
-    return (s.get("question_set_hash") or bench.get("question_set_hash"),
-            s.get("benchmark_version") or bench.get("version"))  # fmt: skip
+    return run.summary.get("question_set_hash"), run.summary.get("benchmark_version")
 
 
 def check_comparable(runs: list[Run]) -> None:
@@ -110,19 +106,33 @@ def check_comparable(runs: list[Run]) -> None:
         seen[key] = run.folder
 
 
+def _format_and_quant(path: str) -> tuple[str, str]:
+    """Read from the artifact's manifest when it is still on disk (the run records only its path)."""
+    from jmed_edge.artifacts import describe
+
+    try:
+        info = describe(Path(path))
+    except Exception:  # moved or deleted since the bench: the report still works without it
+        return "", "-"
+    details = info.manifest.details if info.manifest else {}
+    config = info.manifest.config if info.manifest else {}
+    quant = details.get("quant") or details.get("precision") or config.get("dtype") or "-"
+    return info.format, str(quant)
+
+
 def _artifact_row(run: Run) -> ArtifactRow:
     s = run.summary
-    art = s.get("artifact", {})
     timings = s.get("timings", {})
     perf_file = run.folder.parent / "perf.json"
     perf = json.loads(perf_file.read_text(encoding="utf-8")) if perf_file.exists() else {}
+    fmt, quant = _format_and_quant(str(s.get("artifact", "")))
     return ArtifactRow(
         name=run.artifact,
-        format=str(art.get("format", "")),
-        quant=str(art.get("quant") or art.get("precision") or "-"),
-        path=str(art.get("path", "")),
-        sha256=str(art.get("sha256", "")),
-        size_bytes=int(art.get("size_bytes") or 0),
+        format=fmt,
+        quant=quant,
+        path=str(s.get("artifact", "")),
+        sha256=str(s.get("sha256", "")),
+        size_bytes=int(s.get("size_bytes") or 0),
         peak_rss_bytes=perf.get("peak_rss_bytes") or timings.get("peak_rss_bytes"),
         load_seconds=perf.get("load_seconds") or timings.get("load_seconds"),
         prompt_tokens_per_second=perf.get("prompt_tokens_per_second"),
@@ -150,11 +160,11 @@ def _cells(runs: list[Run], reference: str, seed: int) -> list[Cell]:
                         f"questions ({len(keys)} vs {sum(1 for k in ref.answers if k[1] == lang)}); is one run unfinished?"
                     )
                 cmp = paired([bool(ref.answers[k].get("correct")) for k in shared], correct)
-            gen = {m: sum(float(run.answers[k][m]) for k in keys) / len(keys)
-                   for m in ("exact_match", "gestalt_score", "gestalt_nearest")
-                   if keys and all(m in run.answers[k] for k in keys)}  # fmt: skip
-            if "gestalt_nearest" in gen:
-                gen["gestalt_nearest_accuracy"] = gen.pop("gestalt_nearest")
+            # Generation runs carry the JMedLoRA metrics per answer (report name: prediction key).
+            gen = {name: sum(float(run.answers[k][key]) for k in keys) / len(keys)
+                   for name, key in (("exact_match", "exact_match"), ("gestalt_score", "gestalt"),
+                                     ("gestalt_nearest_accuracy", "gestalt_correct"))
+                   if keys and all(key in run.answers[k] for k in keys)}  # fmt: skip
             cells.append(Cell(
                 artifact=run.artifact, benchmark=run.benchmark, lang=lang, n=len(keys),
                 n_correct=sum(correct), accuracy=sum(correct) / len(keys) if keys else 0.0,

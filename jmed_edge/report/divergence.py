@@ -25,30 +25,48 @@ def _load_cache(cache: Path | None) -> dict[str, dict]:
         return {}
 
 
+def _per_language(measured: dict, *, candidate: bool) -> dict[str, dict[str, float]]:
+    """The report's view of ``kl_against``'s result; the reference itself has KL 0 and top-1 100%."""
+    out = {}
+    for lang, m in measured.items():
+        if lang == "settings" or not isinstance(m, dict):
+            continue
+        out[lang] = {
+            "mean_kl": m["kl_mean"] if candidate else 0.0,
+            "p99_kl": m["kl_p99"] if candidate else 0.0,
+            "top1": m["top1"] if candidate else 1.0,
+            "perplexity": m["ppl_candidate"] if candidate else m["ppl_reference"],
+            "positions": m["positions"],
+        }
+    return out
+
+
 def attach_kl(artifacts: list[ArtifactRow], reference: str, *, cache: Path | None = None) -> None:
     """Fill ``row.kl`` for every artifact (the reference gets KL 0 and its own perplexity)."""
-    from jmed_edge.convert.verify import kl_against, kl_texts
+    from jmed_edge.convert.kl import kl_against
 
     ref = next(a for a in artifacts if a.name == reference)
     if not ref.path or not Path(ref.path).exists():
         log.warning("reference %s has no artifact path on this machine; KL divergence skipped", reference)
         return
     stored = _load_cache(cache)
-    texts = kl_texts()
     for row in artifacts:
+        if row.name == reference:
+            continue
         key = f"{ref.sha256}:{row.sha256}"
-        if key in stored:
-            row.kl = stored[key]
-            continue
-        if not row.path or not Path(row.path).exists():
-            log.warning("%s has no artifact path on this machine; KL divergence skipped", row.name)
-            continue
-        try:
-            row.kl = kl_against(Path(ref.path), Path(row.path), texts)
-        except JmedError as exc:
-            log.warning("KL divergence of %s against %s failed: %s", row.name, reference, exc)
-            continue
-        stored[key] = row.kl
+        if key not in stored:
+            if not row.path or not Path(row.path).exists():
+                log.warning("%s has no artifact path on this machine; KL divergence skipped", row.name)
+                continue
+            try:
+                # Default texts: the held-out part of the bilingual calibration text.
+                stored[key] = kl_against(Path(ref.path), Path(row.path))
+            except JmedError as exc:
+                log.warning("KL divergence of %s against %s failed: %s", row.name, reference, exc)
+                continue
+        row.kl = _per_language(stored[key], candidate=True)
+        if not ref.kl:
+            ref.kl = _per_language(stored[key], candidate=False)
         if cache is not None:
             from jmed_edge.fsutil import write_text_atomic
 

@@ -27,6 +27,7 @@ FORMAT_TO_RUNTIME = {
 }
 RUNTIMES.add("hf", "jmed_edge.runtimes.hf:HFRuntime", "Hugging Face model through torch")
 RUNTIMES.add("llamacpp", "jmed_edge.runtimes.llamacpp:LlamaCppRuntime", "GGUF through llama.cpp")
+RUNTIMES.add("onnx", "jmed_edge.runtimes.onnx:OnnxRuntime", "ONNX decoder through onnxruntime-genai")
 
 
 @dataclass(frozen=True)

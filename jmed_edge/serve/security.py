@@ -91,6 +91,9 @@ class Guard:
                 if receive is None:
                     return
             await self.app(scope, receive, send_and_record)
+        except Exception:
+            status = status or 500  # answered by Starlette's outermost error handler
+            raise
         finally:
             self._log(scope, status, time.perf_counter() - started, state.get("usage"))
 

@@ -36,7 +36,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
                 f"e.g. --port {port + 1}"
             ) from None
         if exc.errno == errno.EACCES:
-            raise ConfigError(f"port {port} needs administrator rights; use a port above 1023 with --port") from None
+            raise ConfigError(
+                f"port {port} needs administrator rights; use a port above 1023 with --port"
+            ) from None
         if exc.errno == errno.EADDRNOTAVAIL:
             raise ConfigError(f"{address} is not an address of this machine; check --host") from None
         raise ConfigError(f"cannot listen on {address}:{port}: {exc.strerror}") from None
@@ -60,7 +62,6 @@ class BackgroundServer:
         self.sock = bind_socket(host, port)
         self.host, self.port = self.sock.getsockname()[:2]
         self.server = make_server(app, graceful_seconds=2)
-        self.server.install_signal_handlers = lambda: None  # only the main thread may
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     @property

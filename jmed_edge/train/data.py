@@ -111,7 +111,9 @@ def read_chat(path: Path, options: dict[str, Any]) -> Iterator[Item]:
 def _mcq_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
-    files = [p for p in sorted(path.glob("*.jsonl")) if not p.stem.endswith("_translate") and not p.name.startswith("_")]
+    # {exam}-{block}.jsonl; its _translate (English) and _metadata twins are not questions.
+    files = [p for p in sorted(path.glob("*.jsonl"))
+             if not p.name.startswith("_") and p.stem.rsplit("_", 1)[-1] not in ("translate", "metadata")]  # fmt: skip
     if not files:
         raise DataError(f"{path} holds no IgakuQA files ({{exam}}-{{block}}.jsonl); is this the right folder?")
     return files

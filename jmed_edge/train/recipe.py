@@ -70,7 +70,7 @@ class DataSection(_Section):
     @classmethod
     def _split(cls, value: float) -> float:
         if 0.5 <= value < 1 or (value >= 1 and value != int(value)):
-            raise ValueError("a fraction below 0.5 or a whole number of examples")
+            raise ValueError(f"expected a fraction below 0.5 or a whole number of examples, found {value}")
         return value
 
 
@@ -84,7 +84,7 @@ class LoraSection(_Section):
     @classmethod
     def _non_empty(cls, value: list[str] | str) -> list[str] | str:
         if isinstance(value, list) and not value:
-            raise ValueError('name at least one module, or "all-linear"')
+            raise ValueError('expected at least one module name, or "all-linear"; found an empty list')
         return value
 
 
@@ -194,6 +194,29 @@ def _loc(loc: Sequence[Any]) -> str:
     return text
 
 
+# Names other trainers (transformers TrainingArguments, peft LoraConfig, torchtune, axolotl) use
+# for settings this schema names differently: "did you mean" falls back on them.
+ALIASES = {
+    "rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "target": "target_modules",
+    "learning_rate": "lr", "num_train_epochs": "epochs", "num_epochs": "epochs", "lr_scheduler_type": "schedule",
+    "lr_scheduler": "schedule", "scheduler": "schedule", "warmup_ratio": "warmup", "warmup_steps": "warmup",
+    "per_device_train_batch_size": "batch_size", "micro_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum", "max_seq_length": "max_length", "sequence_len": "max_length",
+    "max_seq_len": "max_length", "optim": "optimizer", "dtype": "precision", "bf16": "precision",
+    "fp16": "precision", "quantize": "quantization", "load_in_4bit": "quantization", "output_dir": "dir",
+    "save_steps": "checkpoint_every", "save_total_limit": "keep_checkpoints", "logging_steps": "log_every",
+    "eval_steps": "eval_every", "dataset": "files", "data_files": "files", "prompt_template": "template",
+    "base_model": "path", "model_name_or_path": "path", "val_set_size": "eval_split",
+}  # fmt: skip
+
+
+def _suggest(key: str, fields: list[str]) -> str:
+    hint = did_you_mean(key, fields)
+    if not hint and ALIASES.get(key) in fields:
+        hint = f' (did you mean "{ALIASES[key]}"?)'
+    return hint
+
+
 def _fields_at(section: type[BaseModel], loc: Sequence[Any]) -> list[str]:
     """Field names of the model a key was found in, to suggest the closest."""
     model: Any = section
@@ -214,7 +237,7 @@ def _describe(section: str, model: type[BaseModel], error: dict[str, Any]) -> st
     kind = error["type"]
     if kind == "extra_forbidden":
         key = str(error["loc"][-1])
-        return f"{where}: unknown key{did_you_mean(key, _fields_at(model, error['loc']))}"
+        return f"{where}: unknown key{_suggest(key, _fields_at(model, error['loc']))}"
     if kind == "missing":
         return f"{where}: required"
     if kind == "literal_error":
@@ -222,8 +245,9 @@ def _describe(section: str, model: type[BaseModel], error: dict[str, Any]) -> st
         found = str(error.get("input"))
         choices = [c.strip(" '") for c in expected.replace(" or ", ",").split(",")]
         return f'{where}: expected {expected}, found "{found}"{did_you_mean(found, choices)}'
-    message = error["msg"].removeprefix("Value error, ")
-    return f"{where}: {message} (found {error.get('input')!r})"
+    if kind == "value_error":  # our validators already say what they found
+        return f"{where}: {error['msg'].removeprefix('Value error, ')}"
+    return f"{where}: {error['msg']} (found {error.get('input')!r})"
 
 
 def validate_recipe(raw: dict[str, Any], *, source: str = "", base_dir: Path = Path("."), shipped: bool = False) -> Recipe:
@@ -254,14 +278,14 @@ def validate_recipe(raw: dict[str, Any], *, source: str = "", base_dir: Path = P
                 if line and line not in seen:
                     seen.add(line)
                     problems.append(line)
-    if not problems:
-        recipe = Recipe(**sections, source=source, base_dir=str(base_dir), shipped=shipped)
-        problems += _cross_checks(recipe)
+    if "data" in sections:  # the file checks run even when other sections have problems
+        partial = Recipe(**sections, source=source, base_dir=str(base_dir), shipped=shipped)
+        problems += _cross_checks(partial)
     if problems:
         label = f"recipe {source}" if source else "recipe"
         count = f"{len(problems)} problems" if len(problems) > 1 else "a problem"
         raise ConfigError(f"{label} has {count}: " + "; ".join(problems))
-    return recipe
+    return partial
 
 
 def _cross_checks(recipe: Recipe) -> list[str]:

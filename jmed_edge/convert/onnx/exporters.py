@@ -47,7 +47,14 @@ class Exporter(Protocol):
         ...
 
     def build(
-        self, source: SourceModel, jobs: list[BuildJob], target: str, *, workdir: Path, progress: bool
+        self,
+        source: SourceModel,
+        jobs: list[BuildJob],
+        target: str,
+        *,
+        workdir: Path,
+        log_path: Path,
+        progress: bool,
     ) -> list[BuildOutcome]:
         """Build every job; one failed precision does not stop the others."""
         ...

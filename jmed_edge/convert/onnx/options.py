@@ -126,42 +126,59 @@ def option_problems(options: OnnxOptions, precision: str, target: str, tied: boo
     """Everything wrong with exporting at ``precision`` for ``target`` with ``options``."""
     problems: list[str] = []
     if precision not in PRECISIONS:
-        problems.append(f'unknown precision "{precision}"{did_you_mean(precision, PRECISIONS)}; '
-                        f"known: {', '.join(PRECISIONS)}")
+        problems.append(
+            f'unknown precision "{precision}"{did_you_mean(precision, PRECISIONS)}; '
+            f"known: {', '.join(PRECISIONS)}"
+        )
     if target not in TARGETS:
-        problems.append(f'unknown target "{target}"{did_you_mean(target, TARGETS)}; known: {", ".join(TARGETS)}')
+        problems.append(
+            f'unknown target "{target}"{did_you_mean(target, TARGETS)}; known: {", ".join(TARGETS)}'
+        )
     if problems:
         return problems
     if (precision, target) not in VALID_COMBINATIONS:
         fits = sorted(p for p, t in VALID_COMBINATIONS if t == target)
-        problems.append(f"precision {precision} cannot run on target {target}; "
-                        f"{target} runs {', '.join(fits)}")
+        problems.append(
+            f"precision {precision} cannot run on target {target}; {target} runs {', '.join(fits)}"
+        )
     if options.block_size not in BLOCK_SIZES:
         problems.append(f"block_size {options.block_size} is not one of {', '.join(map(str, BLOCK_SIZES))}")
     if options.accuracy_level is not None and options.accuracy_level not in ACCURACY_LEVELS:
-        problems.append(f"accuracy_level {options.accuracy_level} is not one of "
-                        f"{', '.join(map(str, ACCURACY_LEVELS))} (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8)")
+        problems.append(
+            f"accuracy_level {options.accuracy_level} is not one of "
+            f"{', '.join(map(str, ACCURACY_LEVELS))} (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8)"
+        )
     if options.algorithm not in ALGORITHMS:
-        problems.append(f'unknown algorithm "{options.algorithm}"{did_you_mean(options.algorithm, ALGORITHMS)}; '
-                        f"known: {', '.join(ALGORITHMS)}")
+        problems.append(
+            f'unknown algorithm "{options.algorithm}"{did_you_mean(options.algorithm, ALGORITHMS)}; '
+            f"known: {', '.join(ALGORITHMS)}"
+        )
     if options.lm_head not in LM_HEAD_CHOICES:
         problems.append(f'lm_head "{options.lm_head}" is not one of {", ".join(LM_HEAD_CHOICES)}')
     elif precision not in QUANTIZED and options.lm_head not in ("same", "fp32"):
-        problems.append(f"lm_head {options.lm_head} needs a quantized precision (int8 or int4), not {precision}")
+        problems.append(
+            f"lm_head {options.lm_head} needs a quantized precision (int8 or int4), not {precision}"
+        )
     shared = tied if options.shared_embeddings is None else options.shared_embeddings
     if options.shared_embeddings and not tied:
-        problems.append("shared_embeddings=true needs a model with tied embeddings, and this model's "
-                        "config has tie_word_embeddings=false; leave shared_embeddings unset")
+        problems.append(
+            "shared_embeddings=true needs a model with tied embeddings, and this model's "
+            "config has tie_word_embeddings=false; leave shared_embeddings unset"
+        )
     # Measured with onnxruntime-genai 0.18 + onnxruntime 1.32 on tied Qwen2 and SmolLM2 models:
     # the builder writes these models without error, and onnxruntime then refuses to load them.
     if shared and precision == "int4" and not options.symmetric:
-        problems.append("symmetric=false with int4 and shared embeddings builds a model onnxruntime cannot "
-                        "load (its uint4 embedding table feeds a float Reshape); use symmetric=true, or "
-                        "shared_embeddings=false to store embeddings and lm_head separately (larger)")
+        problems.append(
+            "symmetric=false with int4 and shared embeddings builds a model onnxruntime cannot "
+            "load (its uint4 embedding table feeds a float Reshape); use symmetric=true, or "
+            "shared_embeddings=false to store embeddings and lm_head separately (larger)"
+        )
     if shared and precision in QUANTIZED and options.lm_head in QUANTIZED and options.lm_head != precision:
-        problems.append(f"lm_head={options.lm_head} with {precision} and shared embeddings builds a model "
-                        "onnxruntime cannot load (the lm_head weight it names is never written); use "
-                        "lm_head=fp32 or lm_head=same, or shared_embeddings=false")
+        problems.append(
+            f"lm_head={options.lm_head} with {precision} and shared embeddings builds a model "
+            "onnxruntime cannot load (the lm_head weight it names is never written); use "
+            "lm_head=fp32 or lm_head=same, or shared_embeddings=false"
+        )
     return problems
 
 
@@ -182,9 +199,7 @@ def check_target_available(target: str) -> None:
         )
 
 
-def check_request(
-    options: OnnxOptions, precisions: tuple[str, ...], target: str, tied: bool
-) -> None:
+def check_request(options: OnnxOptions, precisions: tuple[str, ...], target: str, tied: bool) -> None:
     """Raise one ``ConfigError`` listing every problem with the request, or return."""
     if not precisions:
         raise ConfigError(f"no precision asked for; pick from {', '.join(PRECISIONS)}")

@@ -1,0 +1,1 @@
+"""One module per published benchmark format; each exposes ``load_*(path, collector)``."""

@@ -1,0 +1,92 @@
+"""The terminal side of ``convert`` and ``verify``: rich progress bars, ✓/✗ lines, result tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from jmed_edge.convert.verify import VerifyResult
+
+_STYLE = {True: "green", False: "bold red", None: "cyan"}
+
+
+def print_checks(console: Console, title: str, result: VerifyResult) -> None:
+    console.print(f"[bold]{title}[/] checked against {result.against}")
+    for check in result.checks:
+        style = _STYLE[check.passed]
+        console.print(f"  [{style}]{check.mark}[/] {check.name}: {check.detail}", highlight=False)
+
+
+class RichProgress:
+    """``progress.Progress`` drawn with rich: one bar per step, finished steps stay as a ✓ line."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self._bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(), console=self.console, transient=True,
+        )  # fmt: skip
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> RichProgress:
+        self._bar.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._end()
+        self._bar.stop()
+
+    def _end(self) -> None:
+        if self._task is not None:
+            self._bar.remove_task(self._task)
+            self._task = None
+
+    def task(self, description: str, total: float | None = None) -> None:
+        self._end()
+        self._task = self._bar.add_task(description, total=total)
+
+    def advance(self, done: float, total: float | None = None) -> None:
+        if self._task is not None:
+            self._bar.update(self._task, completed=done, total=total if total else None)
+
+    def finish(self, summary: str) -> None:
+        self._end()
+        self.console.print(f"[green]✓[/] {summary}", highlight=False)
+
+    def note(self, message: str) -> None:
+        self.console.print(f"[yellow]![/] {message}", highlight=False)
+
+    def checks(self, title: str, result: VerifyResult) -> None:
+        self._end()
+        print_checks(self.console, title, result)
+
+
+def artifacts_table(folders: dict[str, Path]) -> Table:
+    """One row per artifact: size, bits/weight, imatrix, and the measured quantization loss."""
+    from jmed_edge.manifest import read_manifest
+
+    table = Table(title="GGUF artifacts")
+    for column in ("type", "size", "bits/w", "imatrix", "KL ja", "KL en", "top-1 ja", "top-1 en", "folder"):
+        table.add_column(column, justify="right" if column not in ("type", "folder", "imatrix") else "left")
+    for name, folder in folders.items():
+        manifest = read_manifest(folder)
+        assert manifest is not None
+        d = manifest.details
+        kl = next((c.get("kl") for c in manifest.verification.get("checks", []) if c.get("kl")), None) or {}
+
+        def cell(lang: str, key: str, fmt: str, kl=kl) -> str:
+            return format(kl[lang][key], fmt) if lang in kl and key in kl[lang] else "-"
+
+        size = d.get("size_bytes", 0) / 1024**2
+        imatrix = d.get("imatrix") or {}
+        table.add_row(
+            name, f"{size:,.1f} MB", f"{d.get('bits_per_weight', 0):.2f}", imatrix.get("mode", "-"),
+            cell("ja", "kl_mean", ".4f"), cell("en", "kl_mean", ".4f"), cell("ja", "top1", ".1%"),
+            cell("en", "top1", ".1%"), str(folder),
+        )  # fmt: skip
+    return table

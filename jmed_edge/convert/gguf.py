@@ -1,0 +1,253 @@
+"""Hugging Face model -> F16/BF16 GGUF -> quantized GGUFs, each a verified artifact folder.
+
+    out/F16/model-F16.gguf      + jmed_manifest.json   (parent: the HF folder)
+    out/Q4_K_M/model-Q4_K_M.gguf + jmed_manifest.json  (parent: out/F16)
+    out/imatrix-medical-ja-en.gguf                     (with --imatrix auto)
+
+Conversion is llama.cpp's converter (lazy: about one tensor in memory at a time), quantization
+is llama.cpp's quantizer through the bindings; nothing here writes GGUF bytes itself. Each
+artifact is written in a staging folder, verified there (``verify``), and renamed into place
+only when every check passed, so a failed or interrupted run leaves nothing half-made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from jmed_edge.convert import probes
+from jmed_edge.convert.ggufinfo import KEY_PRE, probe_load, read_gguf
+from jmed_edge.convert.imatrix import ImatrixData, compute_imatrix, load_imatrix
+from jmed_edge.convert.llamacpp_convert import check_pre_tokenizer, converter_version, run_converter
+from jmed_edge.convert.progress import LogProgress, Progress
+from jmed_edge.convert.quant_types import DEFAULT_QUANTS, QuantType, parse_quants, quant_type
+from jmed_edge.convert.quantize import quantize_gguf
+from jmed_edge.convert.sources import HFSource, check_hf_source, resolve_source
+from jmed_edge.errors import ArtifactError, ConfigError
+from jmed_edge.fsutil import ensure_free_space, human_bytes, staging_dir, staging_file
+from jmed_edge.manifest import MANIFEST_NAME, Manifest, parent_record, read_manifest
+
+log = logging.getLogger(__name__)
+
+OUTTYPES = ("f16", "bf16")
+IMATRIX_FILE = "imatrix-medical-ja-en.gguf"
+
+
+def gguf_file_name(quant: str) -> str:
+    return f"model-{quant.upper()}.gguf"
+
+
+def gguf_fingerprint(
+    parent_sha256: str,
+    quant: str,
+    imatrix: str | None,
+    outtype: str,
+    converter: str | None = None,
+    pre_tokenizer: str | None = None,
+) -> str:
+    """What an artifact's content depends on, hashed: equal fingerprints mean "up to date".
+
+    ``imatrix``: the imatrix file's sha256, ``"auto:<calibration sha256>"`` for one computed
+    from the shipped calibration text, or None when the type uses none.
+    """
+    payload = {
+        "parent": parent_sha256,
+        "quant": quant.upper(),
+        "imatrix": imatrix,
+        "outtype": outtype.lower(),
+        "converter": converter or converter_version(),
+        "pre_tokenizer": pre_tokenizer,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def up_to_date(folder: Path, fingerprint: str) -> bool:
+    """Whether ``folder`` holds an artifact with this fingerprint (for a pipeline's skip)."""
+    manifest = read_manifest(Path(folder), required=False) if (Path(folder) / MANIFEST_NAME).exists() else None
+    return bool(manifest and manifest.details.get("fingerprint") == fingerprint)
+
+
+def estimate_bytes(source: HFSource, outtype: str, quants: list[QuantType]) -> int:
+    """Disk the run writes: the 16-bit GGUF plus each type at its nominal bits per weight (+10%)."""
+    base = source.n_params * 2
+    return int(base + sum(source.n_params * q.bpw / 8 * 1.1 for q in quants) + 16 * 1024**2)
+
+
+def _pre_tokenizer(explicit: str | None, source: HFSource, progress: Progress) -> tuple[str | None, str]:
+    if explicit:
+        check_pre_tokenizer(explicit)
+        progress.note(f"pre-tokenizer {explicit!r} (--pre-tokenizer) overrides llama.cpp's hash lookup")
+        return explicit, "--pre-tokenizer"
+    declared = source.declared_pre_tokenizer
+    if declared:
+        check_pre_tokenizer(declared)
+        progress.note(f"pre-tokenizer {declared!r}, declared by {source.path.name}'s manifest (details.pre_tokenizer)")
+        return declared, "source manifest"
+    return None, "llama.cpp hash lookup"
+
+
+def _imatrix_mode(imatrix: str | Path | None, quants: list[QuantType]) -> str | Path | None:
+    needing = [q.name for q in quants if q.imatrix == "required"]
+    if imatrix is None:
+        if needing:
+            raise ConfigError(
+                f"{', '.join(needing)} need an importance matrix; pass --imatrix auto (computed from the "
+                "bundled ja/en medical text) or --imatrix FILE"
+            )
+        return None
+    if str(imatrix) == "auto":
+        return "auto"
+    return Path(imatrix).expanduser()
+
+
+def _refuse_existing(folders: list[Path], force: bool) -> None:
+    existing = [f for f in folders if f.exists()]
+    if existing and not force:
+        names = ", ".join(str(f) for f in existing)
+        raise ArtifactError(f"{names} already exist{'s' if len(existing) == 1 else ''}; pass --force to replace")
+
+
+def _verify(staged: Path, source: HFSource, progress: Progress, title: str, **kw: Any) -> dict[str, Any]:
+    from jmed_edge.convert.verify import verify_artifact
+
+    progress.task(f"{title}: verifying against {source.path.name}")
+    result = verify_artifact(staged, against=source.path, **kw)
+    progress.checks(title, result)
+    result.artifact = staged.parent / title  # name the final folder in messages, not the staging one
+    result.raise_for_failures()
+    return result.to_dict()
+
+
+def _details(file: Path, quant: str, **extra: Any) -> dict[str, Any]:
+    info = read_gguf(file)
+    return {
+        "quant": quant,
+        "file": file.name,
+        "size_bytes": file.stat().st_size,
+        "bits_per_weight": round(info.bits_per_weight, 3),
+        "n_params": info.n_params,
+        "tensors": info.n_tensors,
+        "architecture": info.get("general.architecture"),
+        "pre_tokenizer": info.get(KEY_PRE),
+        "converter": converter_version(),
+        **extra,
+    }
+
+
+def _convert_base(source: HFSource, dest: Path, outtype: str, pre: tuple[str | None, str], *,
+                  force: bool, verify: bool, progress: Progress) -> Path:  # fmt: skip
+    quant = outtype.upper()
+    with staging_dir(dest, force=force) as tmp:
+        file = tmp / gguf_file_name(quant)
+        progress.task(f"{quant}: converting {source.name} with llama.cpp", total=None)
+        args = [source.path, "--outtype", outtype, "--outfile", file]
+        run_converter("convert_hf_to_gguf.py", args, src=source.path, pre_tokenizer=pre[0], on_progress=progress.advance)
+        probe_load(file)
+        parent = parent_record(source.path)
+        details = _details(file, quant, pre_tokenizer_source=pre[1], imatrix=None, source=str(source.path),
+                           fingerprint=gguf_fingerprint(parent["sha256"], quant, None, outtype, pre_tokenizer=pre[0]))  # fmt: skip
+        progress.finish(f"{quant}: {human_bytes(details['size_bytes'])}, {details['bits_per_weight']} bits/weight")
+        verification = _verify(tmp, source, progress, quant) if verify else {}
+        license_ = source.manifest.license if source.manifest else "unknown"
+        Manifest(kind="gguf", format="gguf", name=f"{source.name}-{quant}", parent=parent,
+                 config={"outtype": outtype, "pre_tokenizer": pre[0]}, license=license_,
+                 details=details, verification=verification).seal(tmp)  # fmt: skip
+    return dest
+
+
+def _imatrix(mode: str | Path, base_dir: Path, source: HFSource, progress: Progress) -> tuple[ImatrixData, dict]:
+    if mode != "auto":
+        data = load_imatrix(Path(mode))
+        progress.note(f"importance matrix {mode} ({len(data.entries)} tensors, {data.chunk_count} chunks)")
+        return data, {"mode": "file", "path": str(Path(mode).resolve())}
+    from transformers import AutoTokenizer
+
+    corpus, calibration = probes.calibration_corpus()
+    n_tokens = len(AutoTokenizer.from_pretrained(source.path)(corpus)["input_ids"])
+    base_file = base_dir / gguf_file_name(read_manifest(base_dir).details["quant"])  # type: ignore[union-attr]
+    info = read_gguf(base_file)
+    n_ctx_train = int(info.get(f"{info.get('general.architecture')}.context_length", 0) or 0)
+    progress.task("imatrix: llama-imatrix over the ja/en medical calibration text", total=None)
+    with staging_file(base_dir.parent / IMATRIX_FILE) as tmp:
+        data = compute_imatrix(base_file, corpus, tmp, n_tokens=n_tokens, n_ctx_train=n_ctx_train,
+                               on_progress=progress.advance)  # fmt: skip
+    data.path = base_dir.parent / IMATRIX_FILE
+    calibration.update(tokens=n_tokens, chunks=data.chunk_count, chunk_size=data.chunk_size)
+    progress.finish(f"imatrix: {data.chunk_count} chunks x {data.chunk_size} tokens of ja+en medical text")
+    return data, {"mode": "auto", "path": str(data.path), "calibration": calibration}
+
+
+def _quantize_one(q: QuantType, base_dir: Path, dest: Path, source: HFSource, imatrix: tuple | None, *,
+                  force: bool, verify: bool, progress: Progress, texts_by_lang) -> Path:  # fmt: skip
+    base_manifest = read_manifest(base_dir)
+    assert base_manifest is not None
+    base_file = base_dir / base_manifest.details["file"]
+    used = imatrix if (imatrix and q.uses_imatrix) else None
+    with staging_dir(dest, force=force) as tmp:
+        file = tmp / gguf_file_name(q.name)
+        progress.task(f"{q.name}: quantizing" + (" with the importance matrix" if used else ""), total=None)
+        warnings = quantize_gguf(base_file, file, q, imatrix=used[0] if used else None, on_progress=progress.advance)
+        im_record = {**used[1], **used[0].record()} if used else None
+        im_key = (f"auto:{used[1]['calibration']['sha256']}" if used[1]["mode"] == "auto" else im_record["sha256"]) if used else None  # type: ignore[index]
+        details = _details(
+            file, q.name, imatrix=im_record, source=str(source.path), nominal_bpw=q.bpw,
+            llama_cpp_warnings=warnings[:5],
+            fingerprint=gguf_fingerprint(base_manifest.sha256, q.name, im_key, base_manifest.config.get("outtype", "f16"),
+                                         pre_tokenizer=base_manifest.config.get("pre_tokenizer")),
+        )  # fmt: skip
+        progress.finish(f"{q.name}: {human_bytes(details['size_bytes'])}, {details['bits_per_weight']} bits/weight")
+        verification = (
+            _verify(tmp, source, progress, q.name, reference=base_dir, texts_by_lang=texts_by_lang) if verify else {}
+        )
+        Manifest(kind="gguf", format="gguf", name=f"{source.name}-{q.name}", parent=parent_record(base_dir),
+                 config={"quant": q.name, "imatrix": im_record and im_record["mode"]}, license=base_manifest.license,
+                 details=details, verification=verification).seal(tmp)  # fmt: skip
+    return dest
+
+
+def convert_to_gguf(
+    src: str | Path,
+    out_dir: Path,
+    quants=DEFAULT_QUANTS,
+    imatrix: str | Path | None = None,
+    outtype: str = "f16",
+    force: bool = False,
+    verify: bool = True,
+    pre_tokenizer: str | None = None,
+    *,
+    progress: Progress | None = None,
+    texts_by_lang: dict[str, str] | None = None,
+) -> dict[str, Path]:
+    """Convert ``src`` (an HF folder or ``"default"``) to GGUF and quantize it.
+
+    Returns ``{"F16": folder, "Q8_0": folder, ...}``. ``imatrix``: None, ``"auto"`` or a
+    file; applied to the types that use one (``quant_types``). ``texts_by_lang``: texts for
+    the quantization-loss measurement (default: held-out calibration text).
+    """
+    progress = progress or LogProgress()
+    if outtype.lower() not in OUTTYPES:
+        raise ConfigError(f'--outtype must be one of {", ".join(OUTTYPES)}, not "{outtype}"')
+    outtype = outtype.lower()
+    source = check_hf_source(resolve_source(src))
+    qtypes = [q for q in parse_quants(quants) if not q.is_float]
+    mode = _imatrix_mode(imatrix, qtypes)
+    if mode is not None and not any(q.uses_imatrix for q in qtypes):
+        progress.note("--imatrix is ignored: none of the requested types uses an importance matrix")
+        mode = None
+    if isinstance(mode, Path):
+        load_imatrix(mode)  # fail before converting when the file is not an imatrix
+    pre = _pre_tokenizer(pre_tokenizer, source, progress)
+    out_dir = Path(out_dir)
+    base_dir = out_dir / quant_type(outtype).name
+    targets = {q.name: out_dir / q.name for q in qtypes}
+    _refuse_existing([base_dir, *targets.values()], force)
+    ensure_free_space(out_dir, estimate_bytes(source, outtype, qtypes), f"converting {source.name} to GGUF")
+    done = {base_dir.name: _convert_base(source, base_dir, outtype, pre, force=force, verify=verify, progress=progress)}
+    im = _imatrix(mode, base_dir, source, progress) if mode is not None else None
+    for q in qtypes:
+        done[q.name] = _quantize_one(q, base_dir, targets[q.name], source, im, force=force, verify=verify,
+                                     progress=progress, texts_by_lang=texts_by_lang)  # fmt: skip
+    return done

@@ -1,0 +1,308 @@
+"""Check a GGUF against the Hugging Face model it came from, and measure what quantization cost.
+
+Checks that fail the artifact (✗ raises ``VerificationError``):
+  * tokenizer parity: llama.cpp's token ids equal the HF tokenizer's on the bilingual probes;
+  * chat template: embedded in the GGUF, renders like the source's, BOS/EOS ids agree, and the
+    rendered prompt tokenizes the way the runtimes feed it (one BOS at most) to the same ids;
+  * logit parity (F32/F16/BF16 GGUFs): next-token logits on the probe prompts agree with the
+    source model within a tolerance set by the GGUF's float type.
+Measured and recorded, never failing (quantized types): KL divergence, top-1 agreement and
+perplexity against the F16/BF16 GGUF they were made from, on held-out Japanese and English
+medical text (see ``kl``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jmed_edge.artifacts import describe
+from jmed_edge.convert import probes
+from jmed_edge.convert.ggufinfo import KEY_FILE_TYPE, GGUFInfo, probe_load, read_gguf
+from jmed_edge.convert.kl import kl_against, open_for_checks
+from jmed_edge.errors import ArtifactError, VerificationError
+from jmed_edge.manifest import check_files, read_manifest
+from jmed_edge.runtimes.base import log_softmax
+
+__all__ = ["Check", "VerifyResult", "kl_against", "verify_artifact"]
+
+log = logging.getLogger(__name__)
+
+# GGUF general.file_type of the float types (LLAMA_FTYPE_ALL_F32, MOSTLY_F16, MOSTLY_BF16).
+FLOAT_FILE_TYPES = {0: "F32", 1: "F16", 32: "BF16"}
+# Logit tolerance per float type: max |Δlogit| <= rtol * max |source logit|, mean KL <= kl.
+# Measured: F16 vs fp32 HF gives max |Δ| ~0.6% of the largest logit and KL ~1e-5 (tiny
+# models and SmolLM2-135M); bf16 keeps 8 bits of mantissa, so its rounding is ~8x coarser.
+TOLERANCE = {"F32": (0.005, 1e-4), "F16": (0.02, 1e-3), "BF16": (0.05, 5e-3)}
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool | None  # None: measured and recorded, not pass/fail
+    detail: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mark(self) -> str:
+        return {True: "✓", False: "✗", None: "•"}[self.passed]
+
+
+@dataclass
+class VerifyResult:
+    artifact: Path
+    against: Path | None
+    checks: list[Check] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed is not False for c in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if c.passed is False]
+
+    def check(self, name: str) -> Check | None:
+        return next((c for c in self.checks if c.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "against": str(self.against) if self.against else None,
+            "seconds": round(self.seconds, 2),
+            "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail, **c.values} for c in self.checks],
+        }
+
+    def raise_for_failures(self) -> None:
+        if self.passed:
+            return
+        first = self.failures[0]
+        error = VerificationError(
+            f"{self.artifact} failed verification against {self.against}: {first.name}: {first.detail}"
+            + (f" (and {len(self.failures) - 1} more failed checks)" if len(self.failures) > 1 else "")
+        )
+        error.result = self  # type: ignore[attr-defined]  # the CLI prints every check
+        raise error
+
+
+# --- finding what to check against -------------------------------------------------------------
+
+
+def _parent_path(artifact: Path) -> tuple[Path | None, str | None]:
+    manifest = read_manifest(artifact, required=False)
+    if manifest is None or not manifest.parent:
+        return None, None
+    return Path(manifest.parent.get("path", "")), manifest.parent.get("kind")
+
+
+def source_of(artifact: Path) -> Path | None:
+    """The Hugging Face folder at the root of ``artifact``'s manifest parent chain, if still there."""
+    current: Path | None = Path(artifact)
+    for _ in range(8):
+        parent, kind = _parent_path(current)  # type: ignore[arg-type]
+        if parent is None or not parent.exists():
+            return None
+        if (parent / "config.json").exists():
+            return parent
+        current = parent
+    return None
+
+
+def float_parent(artifact: Path) -> Path | None:
+    """The F16/BF16/F32 GGUF artifact a quantized artifact was made from, if still there."""
+    parent, kind = _parent_path(artifact)
+    if parent is None or kind != "gguf" or not parent.exists():
+        return None
+    info = describe(parent)
+    file_type = read_gguf(info.model_file).get(KEY_FILE_TYPE)  # type: ignore[arg-type]
+    return parent if file_type in FLOAT_FILE_TYPES else None
+
+
+def _hf_tokenizer(src: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(src)
+
+
+def _hf_tokenize(tok, text: str, add_special: bool) -> list[int]:
+    # As the runtimes do: a rendered template that already starts with BOS gets no second one.
+    bos = tok.bos_token
+    if add_special and isinstance(bos, str) and bos and text.startswith(bos):
+        add_special = False
+    return list(tok(text, add_special_tokens=add_special)["input_ids"])
+
+
+# --- the checks ---------------------------------------------------------------------------------
+
+
+def _pieces(tok, ids: list[int], start: int) -> str:
+    return " ".join(repr(tok.convert_ids_to_tokens(i)) for i in ids[start : start + 4])
+
+
+def check_tokenizer(tok, runtime, pre_tokenizer: str | None) -> Check:
+    mismatches = []
+    for text in probes.TOKENIZER_PROBES:
+        hf_ids, ll_ids = _hf_tokenize(tok, text, False), runtime.tokenize(text, add_special=False)
+        if hf_ids != ll_ids:
+            mismatches.append((text, hf_ids, ll_ids))
+    total = len(probes.TOKENIZER_PROBES)
+    values = {"probes": total, "matching": total - len(mismatches), "pre_tokenizer": pre_tokenizer}
+    if not mismatches:
+        return Check("tokenizer parity", True, f"{total}/{total} ja/en probes give identical ids", values)
+    text, hf_ids, ll_ids = mismatches[0]
+    at = next((i for i, (a, b) in enumerate(zip(hf_ids, ll_ids, strict=False)) if a != b), min(len(hf_ids), len(ll_ids)))
+    detail = (
+        f"{total - len(mismatches)}/{total} probes match; {text!r}: HF {_pieces(tok, hf_ids, at)} vs llama.cpp "
+        f"{_pieces(tok, ll_ids, at)} at token {at} (pre-tokenizer {pre_tokenizer or 'unknown'}; "
+        "re-convert with the right --pre-tokenizer)"
+    )
+    values["failing_probes"] = [m[0] for m in mismatches]
+    return Check("tokenizer parity", False, detail, values)
+
+
+def check_chat(tok, runtime, gguf: GGUFInfo) -> Check:
+    embedded = gguf.get("tokenizer.chat_template")
+    source = getattr(tok, "chat_template", None)
+    if not embedded:
+        where = "the source has none either; add one to its tokenizer_config.json" if not source else "re-convert"
+        return Check("chat template", False, f"the GGUF has no tokenizer.chat_template ({where})")
+    messages = list(probes.CHAT_PROBE)
+    problems = []
+    rendered_ll = runtime.render_chat(messages)
+    rendered_hf = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) if source else None
+    if rendered_hf is not None and rendered_ll != rendered_hf:
+        problems.append("renders differently from the source's template")
+    for role, hf_id, key in (("BOS", tok.bos_token_id, "tokenizer.ggml.bos_token_id"),
+                             ("EOS", tok.eos_token_id, "tokenizer.ggml.eos_token_id")):  # fmt: skip
+        if hf_id is not None and gguf.get(key) != hf_id:
+            problems.append(f"{role} id {gguf.get(key)} but the source's is {hf_id}")
+    ll_ids = runtime.tokenize(rendered_ll, add_special=True)
+    hf_ids = _hf_tokenize(tok, rendered_ll, True)
+    bos = gguf.get("tokenizer.ggml.bos_token_id")
+    n_bos = next((i for i, t in enumerate(ll_ids) if t != bos), len(ll_ids)) if bos is not None else 0
+    if n_bos > 1:
+        problems.append(f"the rendered prompt starts with {n_bos} BOS tokens")
+    if ll_ids != hf_ids:
+        problems.append(f"the rendered prompt tokenizes to {len(ll_ids)} ids, the source's to {len(hf_ids)}")
+    plain = _hf_tokenize(tok, "患者 Aspirin 100 mg", True)
+    if runtime.tokenize("患者 Aspirin 100 mg", add_special=True) != plain:
+        problems.append("BOS handling differs (add_bos_token)")
+    values = {"bos_id": bos, "eos_id": gguf.get("tokenizer.ggml.eos_token_id"), "chat_prompt_tokens": len(ll_ids),
+              "template_identical": embedded == source}  # fmt: skip
+    if problems:
+        return Check("chat template", False, "; ".join(problems), values)
+    return Check(
+        "chat template",
+        True,
+        f"embedded, renders like the source's; BOS {bos}, EOS {values['eos_id']}; chat prompt {len(ll_ids)} "
+        f"tokens, {n_bos} BOS",
+        values,
+    )
+
+
+def check_logits(hf_runtime, runtime, tok, float_type: str) -> Check:
+    rtol, kl_tol = TOLERANCE[float_type]
+    prompts = [*probes.LOGIT_PROBES, runtime.render_chat(list(probes.CHAT_PROBE))]
+    max_diff = max_ref = 0.0
+    kls, agree, near_tie = [], [], []
+    for text in prompts:
+        ids = _hf_tokenize(tok, text, True)
+        ref, got = hf_runtime.logits(ids).astype(np.float64), runtime.logits(ids).astype(np.float64)
+        max_diff = max(max_diff, float(np.abs(ref - got).max()))
+        max_ref = max(max_ref, float(np.abs(ref).max()))
+        p, q = log_softmax(ref), log_softmax(got)
+        kls.append((np.exp(p) * (p - q)).sum(-1))
+        top2 = np.sort(ref, axis=-1)[:, -2:]
+        agree.append(ref.argmax(-1) == got.argmax(-1))
+        near_tie.append(top2[:, 1] - top2[:, 0])
+    atol = rtol * max_ref
+    kl = np.concatenate(kls)
+    agree_all, margins = np.concatenate(agree), np.concatenate(near_tie)
+    real_flips = int((~agree_all & (margins > atol)).sum())  # flips where the source was not near a tie
+    values = {"positions": int(kl.size), "max_abs_diff": max_diff, "atol": atol, "kl_mean": float(kl.mean()),
+              "kl_tol": kl_tol, "top1": float(agree_all.mean()), "flips_beyond_ties": real_flips}  # fmt: skip
+    detail = (
+        f"{float_type} vs source on {kl.size} positions: max |Δlogit| {max_diff:.4f} (tol {atol:.3f}), "
+        f"KL {kl.mean():.2e} (tol {kl_tol:.0e}), top-1 {agree_all.mean():.1%}"
+    )
+    ok = max_diff <= atol and kl.mean() <= kl_tol and real_flips == 0
+    if real_flips:
+        detail += f", {real_flips} top-1 flips where the source's margin exceeds the tolerance"
+    return Check("logit parity", ok, detail, values)
+
+
+def quant_loss_check(reference: Path, candidate: Path, texts_by_lang: dict[str, str] | None) -> Check:
+    measured = kl_against(reference, candidate, texts_by_lang)
+    langs = [k for k in measured if k != "settings"]
+    parts = [f"{lang}: KL {measured[lang]['kl_mean']:.4f} (p99 {measured[lang]['kl_p99']:.3f}), "
+             f"top-1 {measured[lang]['top1']:.1%}, {measured[lang]['positions']} pos" for lang in langs]  # fmt: skip
+    return Check("quantization loss vs " + describe(reference).name, None, "; ".join(parts), {"kl": measured})
+
+
+# --- the entry point ------------------------------------------------------------------------------
+
+
+def verify_artifact(
+    artifact: Path,
+    against: Path | None = None,
+    *,
+    reference: Path | None = None,
+    texts_by_lang: dict[str, str] | None = None,
+    record: bool = False,
+) -> VerifyResult:
+    """Verify a GGUF artifact against its Hugging Face source (default: its manifest's parent chain).
+
+    ``reference``: the F16/BF16 GGUF a quantized artifact is measured against (default: its
+    manifest parent). ``record``: write the result into the artifact's manifest.
+    """
+    started = time.perf_counter()
+    info = describe(Path(artifact))
+    if info.format == "gguf-lora":
+        from jmed_edge.convert.lora_gguf import verify_lora
+
+        return verify_lora(info.path, record=record)
+    if info.format != "gguf" or info.model_file is None:
+        raise ArtifactError(f"{artifact} is a {info.format} artifact; verify checks GGUF files")
+    if info.manifest is not None and (problems := check_files(info.folder, info.manifest)):
+        raise ArtifactError(f"{info.folder}: {problems[0]} (truncated or changed since conversion); re-convert it")
+    gguf = read_gguf(info.model_file)
+    src = Path(against) if against else source_of(info.folder)
+    if src is None:
+        raise ArtifactError(f"{artifact} names no Hugging Face source that still exists; pass --against SRC")
+    if describe(src).format != "hf-safetensors":
+        raise ArtifactError(f"--against {src} is not a Hugging Face model folder")
+    probe_load(info.model_file)
+    result = VerifyResult(info.path, src)
+    tok = _hf_tokenizer(src)
+    float_type = FLOAT_FILE_TYPES.get(gguf.get(KEY_FILE_TYPE, -1))
+    runtime = open_for_checks(info.model_file)
+    try:
+        result.checks.append(check_tokenizer(tok, runtime, gguf.get("tokenizer.ggml.pre")))
+        result.checks.append(check_chat(tok, runtime, gguf))
+        if float_type:
+            hf_runtime = open_for_checks(src)
+            try:
+                result.checks.append(check_logits(hf_runtime, runtime, tok, float_type))
+            finally:
+                hf_runtime.close()
+    finally:
+        runtime.close()
+    ref = Path(reference) if reference else (None if float_type else float_parent(info.folder))
+    if ref is not None:
+        result.checks.append(quant_loss_check(ref, info.path, texts_by_lang))
+    elif not float_type:
+        result.checks.append(Check("quantization loss", None, "not measured: the F16 GGUF it came from is gone"))
+    result.seconds = time.perf_counter() - started
+    if record and info.manifest is not None:
+        from jmed_edge.fsutil import write_text_atomic
+        from jmed_edge.manifest import manifest_path
+
+        info.manifest.verification = result.to_dict()
+        write_text_atomic(manifest_path(info.folder), info.manifest.to_json())
+    return result

@@ -1,0 +1,209 @@
+"""``merge_adapter``: fold a LoRA adapter into its base, save it, and prove the saved model right.
+
+The base is loaded once, in 16 or 32 bits (never 4-bit, where the merged update would be rounded
+away; a QLoRA adapter is merged into the base reloaded in full precision). peft wraps it in
+place, the unmerged logits on the probe prompts are kept as the reference, the adapter is merged
+in place, saved, the in-memory model freed, and the saved folder reloaded and compared: what is
+checked is what was written. Nothing appears at ``out`` unless the check passes.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from jmed_edge.artifacts import describe
+from jmed_edge.errors import ArtifactError, ConfigError, ModelError, VerificationError
+from jmed_edge.fsutil import dir_size, ensure_free_space, staging_dir
+from jmed_edge.manifest import Manifest, parent_record, read_manifest
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+_BASE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"cannot read {path} ({exc}); is the folder complete?") from exc
+
+
+def resolve_base(adapter: Path, manifest: Manifest | None, base: str | Path | None) -> Path:
+    """``--base``, else the base named in the adapter's manifest, else adapter_config's local path."""
+    if base is not None:
+        if str(base) == "default":
+            from jmed_edge.models.default import materialise
+
+            return materialise()
+        path = Path(base).expanduser()
+        if not path.exists():
+            raise ModelError(f"--base {path} not found; pass the local folder of the model the adapter was trained on")
+        return path.resolve()
+    tried = []
+    if manifest and manifest.parent and manifest.parent.get("path"):
+        tried.append(Path(manifest.parent["path"]))
+    named = _json(adapter / "adapter_config.json").get("base_model_name_or_path")
+    if named:
+        tried.append(Path(named).expanduser())
+    for path in tried:
+        if (path / "config.json").exists():
+            return path.resolve()
+    where = " or ".join(str(p) for p in tried) or "nothing"
+    raise ModelError(f"cannot find the base model of {adapter} (it names {where}); pass --base FOLDER")
+
+
+def check_base(base: Path, manifest: Manifest | None) -> dict[str, Any]:
+    """Fail before loading when ``base`` is no full-precision model of the adapter's architecture."""
+    info = describe(base)
+    if info.format != "hf-safetensors":
+        raise ModelError(f"{base} is a {info.format}, not a Hugging Face model folder; pass the base model folder")
+    config = _json(base / "config.json")
+    quant = config.get("quantization_config") or {}
+    if quant.get("load_in_4bit") or quant.get("load_in_8bit") or quant.get("quant_method") not in (None, "bitsandbytes"):
+        raise ModelError(
+            f"{base} is a quantized checkpoint ({quant.get('quant_method', 'bitsandbytes')}); merging needs the 16/32-bit "
+            "base, since a merge into 4-bit weights rounds the adapter away"
+        )
+    trained_on = (manifest.details.get("base") if manifest else None) or {}
+    differs = [
+        f"{key} {trained_on[key]} vs {config.get(key)}"
+        for key in _BASE_FIELDS
+        if trained_on.get(key) is not None and config.get(key) is not None and trained_on[key] != config.get(key)
+    ]
+    if differs:
+        raise ModelError(
+            f"the adapter was trained on another model than {base} ({'; '.join(differs)}); "
+            "pass --base with the model it was trained on"
+        )
+    return config
+
+
+def check_adapter_shapes(model: Any, adapter: Path) -> None:
+    """Every LoRA matrix must fit a module of the loaded base (name and dimensions)."""
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.exists():
+        return
+    from safetensors import safe_open
+
+    problems = []
+    with safe_open(str(weights), framework="pt") as fh:
+        for key in fh.keys():
+            if ".lora_A." not in key and ".lora_B." not in key:
+                continue
+            module_name, _, rest = key.removeprefix("base_model.model.").rpartition(".lora_")
+            try:
+                module = model.get_submodule(module_name)
+            except AttributeError:
+                problems.append(f"it has no {module_name}")
+                continue
+            shape = fh.get_slice(key).get_shape()
+            in_f, out_f = getattr(module, "in_features", None), getattr(module, "out_features", None)
+            if rest.startswith("A.") and in_f is not None and shape[1] != in_f:
+                problems.append(f"{module_name} takes {in_f} inputs, the adapter {shape[1]}")
+            if rest.startswith("B.") and out_f is not None and shape[0] != out_f:
+                problems.append(f"{module_name} gives {out_f} outputs, the adapter {shape[0]}")
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ModelError(
+            f"the adapter does not fit this base: {'; '.join(problems[:3])}{more}; pass --base with the model it was trained on"
+        )
+
+
+def fold_adapter(peft_model: Any) -> Any:
+    """Merge the LoRA update into the base weights, in place; returns the plain model."""
+    return peft_model.merge_and_unload(progressbar=False, safe_merge=True)
+
+
+def _load(folder: Path, dtype: str) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, DTYPES[dtype]))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot load {folder} as a causal LM ({type(exc).__name__}: {exc})") from exc
+    return model.eval()
+
+
+def merge_adapter(
+    adapter: str | Path, out: str | Path, base: str | Path | None = None, dtype: str = "fp32", force: bool = False
+) -> Path:
+    """Merge ``adapter`` into its base in ``dtype`` (fp32, bf16 or fp16), write ``out``, verify it."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from jmed_edge.merge.card import model_card
+    from jmed_edge.merge.parity import compare, probe_batch, probe_logits
+
+    adapter, out = Path(adapter).expanduser().absolute(), Path(out).expanduser().absolute()
+    if dtype not in DTYPES:
+        raise ConfigError(f'unknown merge dtype "{dtype}"; use one of {", ".join(DTYPES)} (never 4-bit)')
+    if describe(adapter).format != "peft-adapter":
+        raise ArtifactError(f"{adapter} is not a LoRA adapter (no adapter_config.json); pass the folder jmed-edge train wrote")
+    if out.exists() and not force:
+        raise ArtifactError(f"{out} already exists; pass --force to replace it or pick another --out")
+    manifest = read_manifest(adapter, required=False)
+    base_path = resolve_base(adapter, manifest, base)
+    base_config = check_base(base_path, manifest)
+    source_bytes = _BYTES.get(str(base_config.get("torch_dtype") or base_config.get("dtype")), 4)
+    weights = sum(p.stat().st_size for p in base_path.glob("*.safetensors")) or dir_size(base_path)
+    ensure_free_space(out.parent, int(weights * _BYTES[DTYPES[dtype]] / source_bytes), "the merged model")
+
+    quantized = bool(manifest and manifest.details.get("quantization") == "nf4")
+    note = (
+        f"The adapter was trained (QLoRA) against the 4-bit NF4 base; it is merged into the base reloaded in "
+        f"{dtype}, not into 4-bit weights."
+        if quantized
+        else f"Merged in {dtype}."
+    )
+    tokenizer_dir = adapter if (adapter / "tokenizer_config.json").exists() else base_path
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    batch = probe_batch(tokenizer)
+
+    model = _load(base_path, dtype)
+    check_adapter_shapes(model, adapter)
+    base_logits = probe_logits(model, batch)
+    peft_model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
+    reference = probe_logits(peft_model, batch)
+    merged = fold_adapter(peft_model)
+    with staging_dir(out, force=force) as tmp:
+        merged.save_pretrained(tmp)
+        del merged, peft_model, model
+        gc.collect()
+        tokenizer.save_pretrained(tmp)
+        reloaded = _load(tmp, dtype)
+        result = compare(reference, probe_logits(reloaded, batch), base_logits, dtype)
+        del reloaded
+        gc.collect()
+        if not result.passed:
+            raise VerificationError(
+                f"the merged model does not reproduce base + adapter: {'; '.join(result.failures()) or 'non-finite logits'} "
+                f"on {result.positions} probe positions; nothing was written to {out}"
+            )
+        base_manifest = read_manifest(base_path, required=False)
+        license = (manifest.license if manifest and manifest.license != "unknown" else None) or (
+            base_manifest.license if base_manifest else "unknown"
+        )
+        name = f"{base_manifest.name if base_manifest and base_manifest.name else base_path.name}-merged"
+        (tmp / "README.md").write_text(
+            model_card(name, base_path, adapter, manifest, license, dtype, result.as_dict(), note), encoding="utf-8"
+        )
+        Manifest(
+            kind="model",
+            format="hf-safetensors",
+            name=name,
+            parent=parent_record(adapter),
+            config={"dtype": dtype, "base": str(base_path), "adapter": str(adapter)},
+            license=license,
+            details={"base": parent_record(base_path), "merged_from_qlora": quantized, "note": note,
+                     "pre_tokenizer": (base_manifest.details.get("pre_tokenizer") if base_manifest else None)},
+            verification=result.as_dict() | {"method": "logits of the reloaded merged model vs base + adapter"},
+        ).seal(tmp)  # fmt: skip
+    log.info("merged model written to %s", out)
+    return out

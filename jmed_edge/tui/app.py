@@ -1,0 +1,111 @@
+"""The Textual application: four screens (modes) over one artifact root and one ``Backend``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, ClassVar
+
+from textual import work
+from textual.app import App
+from textual.binding import Binding, BindingType
+from textual.signal import Signal
+
+from jmed_edge.errors import JmedError
+from jmed_edge.resources import shipped
+from jmed_edge.tui.backend import ArtifactView, Backend
+from jmed_edge.tui.screens.artifacts import ArtifactsScreen
+from jmed_edge.tui.screens.bench import BenchScreen
+from jmed_edge.tui.screens.chat import ChatScreen
+from jmed_edge.tui.screens.help import HelpScreen
+from jmed_edge.tui.screens.report import ReportScreen
+
+log = logging.getLogger(__name__)
+
+# Smallest terminal the layout is drawn for; below it each screen shows a notice instead.
+MIN_SIZE = (80, 24)
+
+
+def error_message(exc: BaseException) -> str:
+    """The CLI's one-line message for an exception (``jmed_edge.cli.main`` words it the same way)."""
+    if isinstance(exc, JmedError):
+        return str(exc)
+    return f"internal error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)"
+
+
+class JmedEdgeApp(App[None]):
+    """``jmed-edge tui``: artifacts, chat, bench and report over the artifacts under ``root``."""
+
+    TITLE = "jmed-edge"
+    MODES: ClassVar[dict[str, Any]] = {
+        "artifacts": ArtifactsScreen,
+        "chat": ChatScreen,
+        "bench": BenchScreen,
+        "report": ReportScreen,
+    }
+    DEFAULT_MODE = "artifacts"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("1", "app.switch_mode('artifacts')", "Artifacts", show=False),
+        Binding("2", "app.switch_mode('chat')", "Chat", show=False),
+        Binding("3", "app.switch_mode('bench')", "Bench", show=False),
+        Binding("4", "app.switch_mode('report')", "Report", show=False),
+        Binding("f1", "help", "Help", priority=True),
+        Binding("question_mark", "help", "Help", show=False),
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+    ]
+
+    def __init__(self, root: Path, backend: Backend | None = None, *, debug: bool = False) -> None:
+        super().__init__(css_path=shipped("tui/jmed_edge.tcss"))
+        self.root = Path(root)
+        self.backend = backend or Backend()
+        self.debug_errors = debug
+        self.sub_title = str(self.root)
+        self.artifacts: list[ArtifactView] = []
+        self.artifacts_signal: Signal[list[ArtifactView]] = Signal(self, "artifacts")
+        self.scanned = False
+
+    def on_mount(self) -> None:
+        self.rescan()
+
+    # --- shared state ---------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="scan")
+    def rescan(self) -> None:
+        """Scan the root for artifacts in a worker; screens hear of the result through a signal."""
+        try:
+            found = self.backend.scan(self.root)
+        except Exception as exc:
+            self.call_from_thread(self.show_error, exc)
+            found = []
+        self.call_from_thread(self._set_artifacts, found)
+
+    def _set_artifacts(self, found: list[ArtifactView]) -> None:
+        self.artifacts = found
+        self.scanned = True
+        self.artifacts_signal.publish(found)
+
+    def artifact(self, path: str | Path) -> ArtifactView | None:
+        return next((a for a in self.artifacts if str(a.info.path) == str(path)), None)
+
+    def show_error(self, exc: BaseException) -> None:
+        """A notification with the CLI's one-line message; the app keeps running."""
+        if not isinstance(exc, JmedError):
+            log.error("unexpected error in the TUI", exc_info=exc)
+        self.notify(error_message(exc), severity="error", timeout=10)
+
+    # --- navigation -----------------------------------------------------------------------
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.current_mode))
+
+    def open_with(self, mode: str, artifact: ArtifactView) -> None:
+        """Switch to ``mode`` with ``artifact`` chosen there (chat with it, bench it)."""
+        self.switch_mode(mode)
+        self.screen.request_artifact(str(artifact.info.path))
+
+
+def run_tui(root: Path, *, debug: bool = False) -> int:
+    JmedEdgeApp(root, debug=debug).run()
+    return 0

@@ -1,0 +1,55 @@
+"""The help screen (F1 or ?): keys of every screen, taken from their bindings, and what each screen does."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Markdown, Static
+
+GLOBAL_KEYS = (
+    ("1 2 3 4", "Artifacts, Chat, Bench, Report (or click the tabs)"),
+    ("Tab / Shift+Tab", "move between fields and buttons"),
+    ("F1 or ?", "this help"),
+    ("Ctrl+Q", "quit"),
+)
+
+
+def _key_name(key: str) -> str:
+    names = {"escape": "Esc", "enter": "Enter", "delete": "Del", "question_mark": "?"}
+    return " / ".join(
+        names.get(k, k.replace("ctrl+", "Ctrl+").replace("shift+", "Shift+")) for k in key.split(",")
+    )
+
+
+def help_markdown(current: str) -> str:
+    from jmed_edge.tui.app import JmedEdgeApp
+
+    parts = ["# jmed-edge tui", "", "| key | action |", "|---|---|"]
+    parts += [f"| {k} | {what} |" for k, what in GLOBAL_KEYS]
+    modes = sorted(JmedEdgeApp.MODES.items(), key=lambda kv: kv[0] != current)
+    for _mode, screen in modes:
+        parts += ["", f"## {screen.TITLE}", "", screen.HELP.strip(), "", "| key | action |", "|---|---|"]
+        for binding in screen.BINDINGS:
+            if isinstance(binding, Binding) and binding.description:
+                parts.append(f"| {_key_name(binding.key)} | {binding.description} |")
+    return "\n".join(parts) + "\n"
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,q,f1,question_mark", "dismiss", "Close")]
+
+    def __init__(self, current: str) -> None:
+        super().__init__()
+        self.current = current
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="help-box"):
+            yield Markdown(help_markdown(self.current))
+        yield Static("Esc closes this help", id="help-hint")
+
+    def action_dismiss(self) -> None:
+        self.dismiss()

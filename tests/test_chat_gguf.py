@@ -1,0 +1,95 @@
+"""``jmed-edge chat`` on a real GGUF (the embedded default model's, SmolLM2-135M-Instruct Q4_1)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jmed_edge.runtimes.base import GenerationStats, SamplingParams
+
+pytestmark = pytest.mark.slow
+
+QUESTION = "What is hypertension? Answer in one sentence."
+
+
+@pytest.fixture(scope="module")
+def gguf() -> Path:
+    from jmed_edge.errors import JmedError
+    from jmed_edge.models.default import default_gguf
+
+    try:
+        return default_gguf()
+    except JmedError as exc:
+        pytest.skip(f"default GGUF unavailable: {exc}")
+
+
+def run_chat(*argv: str) -> int:
+    from jmed_edge.chat.cli import configure
+
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    args = parser.parse_args([str(a) for a in argv])
+    return args.func(args)
+
+
+def test_prompt_answers_with_the_models_chat_template(gguf, capsys):
+    assert run_chat(gguf, "--prompt", QUESTION, "--max-tokens", "24", "--threads", "1", "--stats") == 0
+    out, err = capsys.readouterr()
+    answer = out.rstrip("\n")
+    assert answer.strip() and "tokens/s" in err and "prompt" in err
+    # The same answer comes from the runtime given the GGUF's own ChatML template by hand.
+    from jmed_edge.runtimes.base import open_runtime
+
+    runtime = open_runtime(gguf, n_threads=1)
+    try:
+        prompt = runtime.render_chat([{"role": "user", "content": QUESTION}])
+        assert prompt.startswith("<|im_start|>") and prompt.endswith("<|im_start|>assistant\n")
+        direct = "".join(runtime.generate(prompt, SamplingParams(max_tokens=24), GenerationStats()))
+    finally:
+        runtime.close()
+    assert answer == direct
+
+
+def test_prompt_from_stdin(gguf):
+    script = (
+        "import argparse, sys\nfrom jmed_edge.chat.cli import configure\n"
+        "p = argparse.ArgumentParser(); configure(p); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(gguf), "--prompt", "-", "--max-tokens", "8", "--threads", "1"],
+        input="糖尿病とは何ですか？\n", capture_output=True, text=True, encoding="utf-8", timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+
+
+def test_interactive_chat_driven_by_stdin(gguf, tmp_path):
+    """The real terminal loop, reading a script from a pipe: answer, stats, save, reset, exit."""
+    script = (
+        "import argparse, sys\nfrom jmed_edge.chat.cli import configure\n"
+        "p = argparse.ArgumentParser(); configure(p); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
+    )
+    saved = tmp_path / "会話.md"
+    lines = [
+        "Name a symptom of \\", "diabetes.", "/stats", f"/save {saved}", f"/save {tmp_path / 'chat.json'}",
+        "/reset", "/stats", '"""', "Thank you.", '"""', "/exit",
+    ]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(gguf), "--max-tokens", "12", "--threads", "1",
+         "--system", "You are a medical assistant."],
+        input="\n".join(lines) + "\n", capture_output=True, text=True, encoding="utf-8", timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "last answer: " in out and "tokens/s" in out and "context: " in out
+    assert "(conversation cleared)" in out and "no answer yet" in out
+    markdown = saved.read_text(encoding="utf-8")
+    assert "## You\n\nName a symptom of \ndiabetes." in markdown and "## Assistant" in markdown
+    record = json.loads((tmp_path / "chat.json").read_text(encoding="utf-8"))
+    assert record["messages"][0] == {"role": "system", "content": "You are a medical assistant."}
+    assert record["messages"][2]["role"] == "assistant" and record["messages"][2]["content"].strip()

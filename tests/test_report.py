@@ -1,0 +1,119 @@
+"""The report from bench run folders: every section, the recommendation, and the refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from jmed_edge.errors import ConfigError, DataError
+from jmed_edge.report.build import build_report, write_report
+
+GIB = 1024**3
+
+
+def _write_run(root: Path, name: str, size: int, answers: dict[str, list[bool]], *, qhash: str = "q1",
+               version: str = "1", points: list[float] | None = None) -> None:  # fmt: skip
+    folder = root / name / "jmed-sample"
+    folder.mkdir(parents=True)
+    rows = []
+    for lang, flags in answers.items():
+        for i, ok in enumerate(flags):
+            rows.append({"id": f"S{i:03d}", "lang": lang, "gold": ["a"], "pred": ["a"] if ok else ["b"],
+                         "correct": ok, "points": (points or [1.0] * len(flags))[i]})  # fmt: skip
+    (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = {"artifact": str(root / "missing" / name), "artifact_name": name, "benchmark": "jmed-sample",
+               "benchmark_version": version, "question_set_hash": qhash, "sha256": f"sha-{name}",
+               "size_bytes": size, "timings": {"load_seconds": 0.5, "questions_per_second": 3.0}}  # fmt: skip
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    root = tmp_path / "bench"
+    ref = [True] * 30 + [False] * 10
+    _write_run(root, "m-F16", 4 * GIB, {"ja": ref, "en": ref})
+    # Q8_0: two flips each way in Japanese, identical in English
+    q8_ja = ref.copy()
+    q8_ja[0] = q8_ja[1] = False
+    q8_ja[30] = q8_ja[31] = True
+    _write_run(root, "m-Q8_0", 2 * GIB, {"ja": q8_ja, "en": ref})
+    # Q2_K: loses 12 answers in Japanese (significant), 1 in English
+    q2_ja = [False] * 12 + ref[12:]
+    q2_en = [False] + ref[1:]
+    _write_run(root, "m-Q2_K", GIB // 2, {"ja": q2_ja, "en": q2_en})
+    return root
+
+
+def test_report_numbers_and_recommendation(runs: Path, tmp_path: Path):
+    data = build_report([runs], "m-F16", budget_bytes=3 * GIB, max_loss=1.0, kl=False)
+    q8 = data.cell("m-Q8_0", "jmed-sample", "ja")
+    assert q8.accuracy == pytest.approx(0.75)
+    assert (q8.vs_reference.right_to_wrong, q8.vs_reference.wrong_to_right) == (2, 2)
+    assert q8.loss_points == pytest.approx(0.0)
+    q2 = data.cell("m-Q2_K", "jmed-sample", "ja")
+    assert q2.vs_reference.right_to_wrong == 12 and q2.vs_reference.p_value < 0.001
+    # F16 does not fit in 3 GB; Q8_0 fits and loses nothing; Q2_K loses significantly.
+    rec = data.recommendation
+    assert rec.chosen == "m-Q8_0"
+    assert any(s.startswith("m-Q2_K (jmed-sample/ja") for s in rec.significant_losses)
+    assert "fits in 3.0 GB" in rec.reason
+
+
+def test_report_files_have_every_section(runs: Path, tmp_path: Path):
+    out = write_report(build_report([runs], "m-F16", budget_bytes=8 * GIB, kl=False), tmp_path / "report")
+    md = (out / "report.md").read_text(encoding="utf-8")
+    for section in ("## Recommendation", "## Accuracy against the reference", "## Answer flips",
+                    "## Size, memory and speed"):  # fmt: skip
+        assert section in md
+    assert "| m-Q2_K | jmed-sample | ja | 40 | 45.0" in md
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert html.count("data:image/png;base64,") >= 2  # figures inlined: opens offline
+    assert "<script" not in html and "http" not in html.replace("http://www.w3.org", "")
+    for png in ("accuracy_vs_size.png", "flips.png"):
+        assert (out / png).stat().st_size > 5000
+    data = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert data["reference"] == "m-F16"
+    assert "load_seconds" in data["timings"]["m-Q8_0"]
+    assert all("load_seconds" not in a for a in data["artifacts"])
+
+
+def test_report_json_is_reproducible(runs: Path, tmp_path: Path):
+    a = write_report(build_report([runs], "m-F16", kl=False), tmp_path / "a")
+    b = write_report(build_report([runs], "m-F16", kl=False), tmp_path / "b")
+    ja, jb = (json.loads((p / "report.json").read_text()) for p in (a, b))
+    ja.pop("timings"), jb.pop("timings")
+    assert ja == jb
+
+
+def test_budget_smaller_than_everything_names_the_smallest(runs: Path):
+    data = build_report([runs], "m-F16", budget_bytes=100 * 1024**2, kl=False)
+    assert data.recommendation.chosen is None
+    assert "smallest, m-Q2_K" in data.recommendation.reason
+
+
+def test_reference_not_among_runs(runs: Path):
+    with pytest.raises(ConfigError, match=r'reference "m-F61" is not among the runs \(did you mean "m-F16"\?\)'):
+        build_report([runs], "m-F61", kl=False)
+
+
+def test_runs_on_different_questions_are_refused(runs: Path):
+    _write_run(runs, "other-Q4_K_M", GIB, {"ja": [True] * 40}, qhash="q2")
+    with pytest.raises(DataError, match="different questions"):
+        build_report([runs], "m-F16", kl=False)
+
+
+def test_runs_of_different_benchmark_versions_are_refused(runs: Path):
+    _write_run(runs, "other-Q4_K_M", GIB, {"ja": [True] * 40}, version="2")
+    with pytest.raises(DataError, match="benchmark version"):
+        build_report([runs], "m-F16", kl=False)
+
+
+def test_report_cli(runs: Path, tmp_path: Path, run_cli):
+    code, out, _ = run_cli("report", runs, "--reference", "m-F16", "--budget", "3GB", "--no-kl", "--out", tmp_path / "r")
+    assert code == 0
+    assert "recommended:" in out and "m-Q8_0" in out
+    assert (tmp_path / "r" / "report.html").exists()
+    code, _, err = run_cli("report", tmp_path / "nothing", "--reference", "x", "--out", tmp_path / "r2")
+    assert code == 2 and "does not exist" in err

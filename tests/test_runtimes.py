@@ -1,0 +1,178 @@
+"""The two runtimes agree with each other on the same weights, and each keeps its own promises.
+
+The reference pair is the embedded default model as a Hugging Face folder and its F16 GGUF
+(converted here with llama.cpp's own converter), so differences are only F16 rounding.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jmed_edge.errors import ArtifactError, DependencyError
+from jmed_edge.runtimes import GenerationStats, SamplingParams, open_runtime
+from jmed_edge.runtimes.base import RUNTIMES, ChatTemplateView, StopMatcher, log_softmax
+
+PROBES = [
+    "患者は65歳の男性で、高血圧と2型糖尿病の既往がある。",
+    "Aspirin 100 mg was given; HbA1c 7.8%.",
+    "  two leading spaces and\nnew lines\n\n",
+]
+MCQ = (
+    "Question: Which drug is an antiplatelet agent?\nA. aspirin\nB. insulin\nC. metformin\nD. heparin\n"
+    "Answer:"
+)
+
+
+def convert_f16(model_dir: Path, out: Path) -> Path:
+    """F16 GGUF of an HF folder through the convert stage, or llama.cpp's converter directly."""
+    try:
+        from jmed_edge.convert.gguf import convert_to_gguf
+    except ImportError:
+        convert_to_gguf = None
+    if convert_to_gguf is not None:
+        result = convert_to_gguf(model_dir, out, outtype="f16")
+        path = Path(getattr(result, "path", result))
+        return path if path.suffix == ".gguf" else next(path.glob("*.gguf"))
+    from jmed_edge.convert.llamacpp_tools import require_converter
+
+    converter = require_converter()
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / "model-F16.gguf"
+    env = dict(os.environ, PYTHONPATH=str(converter / "gguf-py"))
+    subprocess.run(
+        [sys.executable, str(converter / "convert_hf_to_gguf.py"), str(model_dir), "--outtype", "f16",
+         "--outfile", str(target)],
+        check=True, env=env, capture_output=True,
+    )  # fmt: skip
+    return target
+
+
+@pytest.fixture(scope="module")
+def default_f16(default_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return convert_f16(default_model, tmp_path_factory.mktemp("gguf") / "default-f16")
+
+
+@pytest.fixture(scope="module")
+def pair(default_model: Path, default_f16: Path):
+    hf = open_runtime(default_model)
+    gguf = open_runtime(default_f16, n_threads=2)
+    yield hf, gguf
+    hf.close()
+    gguf.close()
+
+
+@pytest.mark.slow
+def test_tokenize_and_chat_template_agree(pair) -> None:
+    hf, gguf = pair
+    for text in PROBES:
+        assert hf.tokenize(text, add_special=True) == gguf.tokenize(text, add_special=True), text
+    messages = [{"role": "user", "content": "胸痛の鑑別は？"}]
+    rendered = hf.render_chat(messages)
+    assert gguf.render_chat(messages) == rendered
+    assert hf.tokenize(rendered, add_special=True) == gguf.tokenize(rendered, add_special=True)
+    assert ChatTemplateView(gguf).apply_chat_template(messages, tokenize=False) == rendered
+
+
+@pytest.mark.slow
+def test_logits_agree_between_runtimes(pair) -> None:
+    hf, gguf = pair
+    ids = hf.tokenize(PROBES[0] + PROBES[1], add_special=True)
+    a, b = hf.logits(ids), gguf.logits(ids)
+    assert a.shape == b.shape == (len(ids), 49152)
+    assert a.dtype == b.dtype == np.float32
+    p = np.exp(log_softmax(a))
+    kl = float((p * (log_softmax(a) - log_softmax(b))).sum(-1).mean())
+    assert kl < 1e-3, kl
+    assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.95
+
+
+@pytest.mark.slow
+def test_llamacpp_scores_come_from_raw_logits(pair) -> None:
+    """Scoring from the saved prompt state equals the log-likelihood read off full logits."""
+    _, gguf = pair
+    continuation = " aspirin, because it inhibits platelets"
+    [score] = gguf.score_continuations(MCQ, [continuation])
+    ctx = gguf.tokenize(MCQ, add_special=True)
+    full = gguf.tokenize(MCQ + continuation, add_special=True)
+    lp = log_softmax(gguf.logits(full))
+    expected = sum(lp[i - 1, full[i]] for i in range(len(ctx), len(full)))
+    assert score.n_tokens == len(full) - len(ctx) > 1
+    assert score.logprob == pytest.approx(expected, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_continuation_scores_agree_and_hf_batching_is_invisible(pair) -> None:
+    hf, gguf = pair
+    options = [" A", " B", " C", " D", " aspirin", " heparin sodium"]
+    a = hf.score_continuations(MCQ, options)
+    b = gguf.score_continuations(MCQ, options)
+    assert [s.n_tokens for s in a] == [s.n_tokens for s in b]
+    assert np.argmax([s.logprob for s in a]) == np.argmax([s.logprob for s in b])
+    assert np.allclose([s.logprob for s in a], [s.logprob for s in b], atol=0.15)
+    # Left padding in a batch of prompts of different lengths changes nothing.
+    short = "Q: 1+1?\nA. 2\nB. 3\nAnswer:"
+    batched = hf.score_batch([(MCQ, options), (short, [" A", " B"])])
+    alone = hf.score_continuations(short, [" A", " B"])
+    assert [s.logprob for s in batched[0]] == pytest.approx([s.logprob for s in a], abs=1e-4)
+    assert [s.logprob for s in batched[1]] == pytest.approx([s.logprob for s in alone], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_generation_streams_and_counts(pair) -> None:
+    hf, gguf = pair
+    prompt = hf.render_chat([{"role": "user", "content": "What is hypertension?"}])
+    texts = []
+    for runtime in (hf, gguf):
+        stats = GenerationStats()
+        pieces = list(runtime.generate(prompt, SamplingParams(max_tokens=12), stats))
+        assert stats.prompt_tokens == len(hf.tokenize(prompt, add_special=True))
+        assert 0 < stats.completion_tokens <= 12
+        assert stats.finish_reason in ("stop", "length")
+        assert stats.prompt_seconds > 0
+        texts.append("".join(pieces))
+    assert texts[0][:10] == texts[1][:10]  # greedy, same weights: same start
+    # A stop string ends the stream before it is shown.
+    word = texts[0].split()[1] if len(texts[0].split()) > 1 else texts[0][3:6]
+    stats = GenerationStats()
+    stopped = "".join(gguf.generate(prompt, SamplingParams(max_tokens=12, stop=[word]), stats))
+    assert word not in stopped and stats.finish_reason == "stop"
+
+
+def test_double_bos_is_never_added(tiny_llama: Path) -> None:
+    runtime = open_runtime(tiny_llama)
+    rendered = runtime.render_chat([{"role": "user", "content": "hello"}])
+    ids = runtime.tokenize(rendered, add_special=True)
+    bos = runtime.tokenizer.bos_token_id
+    assert ids[0] == bos and ids.count(bos) == 1
+    assert runtime.tokenize("hello", add_special=True)[0] == bos
+
+
+def test_stop_matcher_holds_back_partial_stops() -> None:
+    matcher = StopMatcher(["###"])
+    assert matcher.feed("answer is c #") == "answer is c "
+    assert matcher.feed("#") == ""
+    assert matcher.feed("# next") == "" and matcher.stopped
+
+
+def test_missing_runtime_library_is_one_clear_line(tiny_llama: Path, monkeypatch) -> None:
+    monkeypatch.setitem(RUNTIMES._entries, "hf", type(RUNTIMES._entries["hf"])("hf", "no_such_module_xyz:Runtime"))
+    monkeypatch.delitem(RUNTIMES._loaded, "hf", raising=False)
+    with pytest.raises(DependencyError, match="not installed"):
+        open_runtime(tiny_llama)
+
+
+def test_gguf_lora_without_base_is_refused(tmp_path: Path) -> None:
+    from jmed_edge.artifacts import ArtifactInfo
+    from jmed_edge.runtimes.llamacpp import LlamaCppRuntime
+
+    lora = tmp_path / "adapter.gguf"
+    lora.write_bytes(b"GGUF")
+    info = ArtifactInfo(tmp_path, "gguf-lora", "gguf-lora", lora, None, "adapter")
+    with pytest.raises(ArtifactError, match="base GGUF"):
+        LlamaCppRuntime(info)
