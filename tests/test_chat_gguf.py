@@ -93,3 +93,44 @@ def test_interactive_chat_driven_by_stdin(gguf, tmp_path):
     record = json.loads((tmp_path / "chat.json").read_text(encoding="utf-8"))
     assert record["messages"][0] == {"role": "system", "content": "You are a medical assistant."}
     assert record["messages"][2]["role"] == "assistant" and record["messages"][2]["content"].strip()
+
+
+def test_ctrl_c_stops_an_answer_and_the_chat_goes_on(gguf):
+    """A real SIGINT during a long answer: the answer stops, the chat keeps its state, /exit leaves."""
+    import signal
+    import threading
+    import time
+
+    script = (
+        "import argparse, sys\nfrom jmed_edge.chat.cli import configure\n"
+        "p = argparse.ArgumentParser(); configure(p); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(gguf), "--max-tokens", "2000", "--threads", "1"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+    )  # fmt: skip
+    received: list[str] = []
+    reader = threading.Thread(
+        target=lambda: received.extend(iter(lambda: child.stdout.read(1), "")), daemon=True
+    )
+    reader.start()
+    try:
+        child.stdin.write("Write a very long essay about the history of medicine.\n")
+        child.stdin.flush()
+        deadline = time.monotonic() + 120
+        while "you> " not in "".join(received) or len("".join(received).split("you> ", 1)[1]) < 40:
+            assert time.monotonic() < deadline and child.poll() is None, "".join(received)
+            time.sleep(0.05)
+        child.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        child.stdin.write("/stats\n/exit\n")
+        child.stdin.close()
+        assert child.wait(60) == 0, child.stderr.read()
+    finally:
+        if child.poll() is None:
+            child.kill()
+    reader.join(10)
+    out = "".join(received)
+    assert "(stopped)" in out and "finish: cancelled" in out
+    answered = int(out.split("last answer: ", 1)[1].split(" tokens", 1)[0])
+    assert 0 < answered < 2000

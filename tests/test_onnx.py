@@ -31,7 +31,7 @@ PRECISIONS = ("fp32", "int8", "int4")
 
 
 def _no_artifacts(out: Path) -> bool:
-    return not out.exists() or not [p for p in out.iterdir() if p.name.startswith(("onnx-", ".onnx-"))]
+    return not out.exists() or not [p for p in out.iterdir() if p.is_dir() and p.name.startswith(("onnx-", ".onnx-"))]
 
 
 # --- options: rejected before anything is built ------------------------------------------------

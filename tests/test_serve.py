@@ -42,6 +42,7 @@ class EchoRuntime:
         self.delay = delay
         self.in_use = threading.Lock()
         self.generated = 0  # tokens produced, to see that a cancelled answer stopped early
+        self.prompts: list[str] = []
 
     def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
         return [len(word) for word in text.split()]
@@ -55,6 +56,7 @@ class EchoRuntime:
         if not self.in_use.acquire(blocking=False):
             raise AssertionError("one runtime was used by two requests at once")
         try:
+            self.prompts.append(prompt)
             stats.prompt_tokens = len(self.tokenize(prompt))
             last = [line for line in prompt.splitlines() if line.strip() and line != "<assistant>"][-1]
             words = ["echo:", *(last.split()[1:] if last.startswith("<") else last.split())]
@@ -334,14 +336,34 @@ def test_a_disconnected_stream_stops_the_model_and_frees_it():
     with serve([runtime], max_concurrency=1, queue=0) as server:
         body = {"model": MODEL, "messages": ask("w " * 40), "stream": True, "max_tokens": 40}
         with httpx.stream("POST", server.base_url + "/v1/chat/completions", json=body) as r:
-            for line in r.iter_lines():
-                if '"content":"echo:"' in line:
-                    break  # leave after the first token
+            lines = r.iter_lines()
+            assert next(line for line in lines if '"content":"echo:"' in line)  # leave after the first token
         deadline = time.monotonic() + 5
         while runtime.in_use.locked() and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert runtime.generated < 41 and not runtime.in_use.locked()
+        assert runtime.generated < 10 and not runtime.in_use.locked()
         still_serving(server)  # with --queue 0 this would be a 429 if the instance were still held
+
+
+def test_a_request_abandoned_in_the_queue_costs_no_model_time():
+    runtime = EchoRuntime(delay=0.05)
+    with serve([runtime], max_concurrency=1, queue=2) as server:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(
+                lambda: client(server).chat.completions.create(model=MODEL, messages=ask("a " * 20))
+            )
+            while not runtime.in_use.locked():
+                time.sleep(0.01)
+            body = json.dumps({"model": MODEL, "messages": ask("abandoned request")}).encode()
+            with socket.create_connection((server.host, server.port)) as raw:
+                raw.sendall(
+                    b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                )
+                time.sleep(0.2)  # queued behind the first request; then the client leaves
+            assert first.result().choices[0].message.content.startswith("echo: a a")
+        still_serving(server)
+    assert not any("abandoned" in prompt for prompt in runtime.prompts)
 
 
 # --- logging and the network ----------------------------------------------------------------

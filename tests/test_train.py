@@ -229,12 +229,13 @@ def test_cli_bad_recipe_key_is_one_line_with_suggestion(tmp_path, tiny_llama, ru
 
 @pytest.mark.slow
 def test_two_process_data_parallel_on_cpu(tmp_path, tiny_llama):
-    """``accelerate launch`` with 2 CPU processes (gloo): the DDP path writes one complete adapter."""
+    """The shipped DDP config on 2 CPU processes (gloo): one complete adapter, data split between them."""
+    from jmed_edge.resources import shipped
+
     recipe = _write_recipe(tmp_path, tiny_llama, train={"max_steps": 4, "batch_size": 2})
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu",
-           "-m", "jmed_edge", "train", str(recipe), "--out", str(out), "--quiet"]  # fmt: skip
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(shipped("recipes/accelerate/ddp.yaml")),
+           "--num_processes", "2", "-m", "jmed_edge", "train", str(recipe), "--out", str(out), "--quiet"]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = read_manifest(out)

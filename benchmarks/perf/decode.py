@@ -32,43 +32,70 @@ QUESTION = "Explain hypertension in detail: its causes, symptoms, complications 
 class Run:
     path: str
     tokens: int
-    seconds: float  # from the first piece to the last
+    seconds: float  # wall time from the first piece to the last
     text: str
+    cpu_seconds: float = 0.0  # CPU time of this whole process (every thread) over the same span
 
     @property
     def tokens_per_second(self) -> float:
         return (self.tokens - 1) / self.seconds if self.seconds > 0 and self.tokens > 1 else 0.0
 
+    @property
+    def tokens_per_cpu_second(self) -> float:
+        return (self.tokens - 1) / self.cpu_seconds if self.cpu_seconds > 0 and self.tokens > 1 else 0.0
 
-class TimedWriter:
-    """Stands in for the terminal: records when the first and the last piece were written."""
+
+class Clock:
+    """Wall and process CPU time of the first and the last piece of an answer."""
 
     def __init__(self) -> None:
-        self.first: float | None = None
-        self.last = 0.0
-        self.parts: list[str] = []
+        self.first: tuple[float, float] | None = None
+        self.last = (0.0, 0.0)
+
+    def tick(self) -> None:
+        now = (time.perf_counter(), time.process_time())
+        self.first = self.first or now
+        self.last = now
+
+    def spans(self) -> tuple[float, float]:
+        first = self.first or self.last
+        return self.last[0] - first[0], self.last[1] - first[1]
+
+
+class TimedWriter:
+    """Stands in for the terminal: records each write and when it happened."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[float, float, str]] = []
 
     def write(self, text: str) -> int:
-        if text.strip("\n"):
-            now = time.perf_counter()
-            self.first = self.first if self.first is not None else now
-            self.last = now
-            self.parts.append(text)
+        self.writes.append((time.perf_counter(), time.process_time(), text))
         return len(text)
 
     def flush(self) -> None:
         pass
 
+    def answer(self) -> tuple[str, float, float]:
+        """The answer (without the closing newline), wall and CPU seconds from its first to last piece."""
+        pieces = self.writes[:-1] if self.writes and self.writes[-1][2] == "\n" else self.writes
+        if not pieces:
+            return "", 0.0, 0.0
+        first, last = pieces[0], pieces[-1]
+        return "".join(p[2] for p in pieces), last[0] - first[0], last[1] - first[1]
+
+
+RAW = "raw llama-cpp-python"  # labels as they appear in the table
+
 
 def raw_llama(llm, prompt: str, max_tokens: int) -> Run:
-    first, last, parts, n = None, 0.0, [], 0
+    clock, parts, n = Clock(), [], 0
     for chunk in llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, stream=True):
-        now = time.perf_counter()
-        first = first if first is not None else now
-        last = now
-        parts.append(chunk["choices"][0]["text"])
-        n += 1  # llama-cpp-python streams one chunk per token
-    return Run("raw llama-cpp-python", n, last - (first or last), "".join(parts))
+        if chunk["choices"][0]["finish_reason"] is None:
+            clock.tick()
+            parts.append(chunk["choices"][0]["text"])
+            n += 1  # one chunk per token; the closing chunk carries only the finish reason
+    wall, cpu = clock.spans()
+    return Run(RAW, n, wall, "".join(parts), cpu)
 
 
 def chat_path(runtime, question: str, max_tokens: int) -> Run:
@@ -79,15 +106,14 @@ def chat_path(runtime, question: str, max_tokens: int) -> Run:
     session = ChatSession(runtime, params=SamplingParams(max_tokens=max_tokens, temperature=0.0))
     writer = TimedWriter()
     answer_once(session, question, out=writer)  # what `jmed-edge chat --prompt` runs once loaded
-    stats = session.last.stats
-    return Run("jmed-edge chat --prompt", stats.completion_tokens, writer.last - (writer.first or writer.last),
-               "".join(writer.parts))  # fmt: skip
+    text, seconds, cpu = writer.answer()
+    return Run("chat --prompt", session.last.stats.completion_tokens, seconds, text, cpu)
 
 
 def serve_path(http: httpx.Client, url: str, question: str, max_tokens: int) -> Run:
     body = {"model": "bench", "messages": [{"role": "user", "content": question}], "temperature": 0,
             "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
-    first, last, parts, tokens = None, 0.0, [], 0
+    clock, parts, tokens = Clock(), [], 0
     with http.stream("POST", url, json=body) as r:
         r.raise_for_status()
         for line in r.iter_lines():
@@ -98,11 +124,10 @@ def serve_path(http: httpx.Client, url: str, question: str, max_tokens: int) -> 
                 tokens = chunk["usage"]["completion_tokens"]
             for choice in chunk.get("choices", []):
                 if piece := choice["delta"].get("content"):
-                    now = time.perf_counter()
-                    first = first if first is not None else now
-                    last = now
+                    clock.tick()
                     parts.append(piece)
-    return Run("jmed-edge serve (streaming)", tokens, last - (first or last), "".join(parts))
+    wall, cpu = clock.spans()
+    return Run("serve (SSE stream)", tokens, wall, "".join(parts), cpu)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     llm = llama_cpp.Llama(str(gguf.model_file), n_ctx=args.ctx, n_threads=1, n_threads_batch=1, verbose=False)
     settings = ServeSettings(model_name="bench", max_tokens_limit=args.tokens)
     best: dict[str, Run] = {}
+    best_cpu: dict[str, Run] = {}
     texts: dict[str, set[str]] = {}
     try:
         with (
@@ -142,34 +168,48 @@ def main(argv: list[str] | None = None) -> int:
                     texts.setdefault(run.path, set()).add(run.text)
                     if run.path not in best or run.tokens_per_second > best[run.path].tokens_per_second:
                         best[run.path] = run
+                    if (
+                        run.path not in best_cpu
+                        or run.tokens_per_cpu_second > best_cpu[run.path].tokens_per_cpu_second
+                    ):
+                        best_cpu[run.path] = run
     finally:
         llm.close()
         chat_runtime.close()
         serve_runtime.close()
-    return show(best, texts, gguf.name, args)
+    return show(best, best_cpu, texts, gguf.name, args)
 
 
-def show(best: dict[str, Run], texts: dict[str, set[str]], model: str, args: argparse.Namespace) -> int:
+def show(best: dict[str, Run], best_cpu: dict[str, Run], texts: dict[str, set[str]], model: str,
+         args: argparse.Namespace) -> int:  # fmt: skip
     from rich.console import Console
     from rich.table import Table
 
-    raw = best["raw llama-cpp-python"]
+    raw, raw_cpu = best[RAW], best_cpu[RAW]
     table = Table(title=f"decode speed, {model}, n_threads=1, best of {args.repeats}")
-    for column in ("path", "tokens", "tokens/s", "ratio to raw"):
+    for column in ("path", "tokens", "tok/s wall", "x raw", "tok/CPU-s", "x raw "):
         table.add_column(column, justify="left" if column == "path" else "right")
-    for run in best.values():
-        ratio = run.tokens_per_second / raw.tokens_per_second if raw.tokens_per_second else 0.0
-        table.add_row(run.path, str(run.tokens), f"{run.tokens_per_second:.1f}", f"{ratio:.3f}")
+    ratios = {}
+    for path, run in best.items():
+        cpu = best_cpu[path]
+        ratios[path] = (run.tokens_per_second / raw.tokens_per_second,
+                        cpu.tokens_per_cpu_second / raw_cpu.tokens_per_cpu_second)  # fmt: skip
+        table.add_row(path, str(run.tokens), f"{run.tokens_per_second:.1f}", f"{ratios[path][0]:.3f}",
+                      f"{cpu.tokens_per_cpu_second:.1f}", f"{ratios[path][1]:.3f}")  # fmt: skip
     console = Console()
     console.print(table)
+    console.print("CPU time is the whole process's (every thread) between the first and the last piece; "
+                  "for serve it includes the HTTP client reading the stream.")  # fmt: skip
     all_texts = set().union(*texts.values())
     same = len(all_texts) == 1
     console.print("[green]✓[/] all paths wrote the same answer" if same else
                   f"[red]✗[/] the paths wrote {len(all_texts)} different answers: the comparison is void")  # fmt: skip
     if args.json:
-        record = {"model": model, "repeats": args.repeats, "same_answer": same,
-                  "runs": {k: {"tokens": v.tokens, "tokens_per_second": v.tokens_per_second,
-                               "ratio_to_raw": v.tokens_per_second / raw.tokens_per_second} for k, v in best.items()}}  # fmt: skip
+        record = {"model": model, "repeats": args.repeats, "tokens": args.tokens, "same_answer": same,
+                  "runs": {path: {"tokens_per_second": best[path].tokens_per_second,
+                                  "tokens_per_cpu_second": best_cpu[path].tokens_per_cpu_second,
+                                  "ratio_to_raw_wall": wall, "ratio_to_raw_cpu": cpu}
+                           for path, (wall, cpu) in ratios.items()}}  # fmt: skip
         args.json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return 0 if same else 1
 

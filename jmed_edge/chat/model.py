@@ -50,8 +50,10 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def runtime_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {"device": args.device}
+    # Each runtime names the device its own way and ignores the options that are not its own.
+    options["provider"] = "cuda" if args.device.startswith("cuda") else args.device  # onnxruntime-genai
     if args.device == "cpu":
-        options["n_gpu_layers"] = 0  # llama.cpp's name for "stay on the CPU"
+        options["n_gpu_layers"] = 0  # llama.cpp ("auto" offloads when the build can)
     if args.ctx is not None:
         if args.ctx < 16:
             raise ConfigError(f"--ctx {args.ctx} is too small; use at least 16 tokens (e.g. --ctx 4096)")

@@ -56,8 +56,11 @@ def _main(args: argparse.Namespace) -> int:
         return _list_quants(console)
     if not args.src or not args.out:
         raise ConfigError("convert needs SRC and --out, e.g.: jmed-edge convert runs/merged --to gguf --out runs/gguf")
-    folders = TARGETS.get(args.to)(args, console)
-    from jmed_edge.convert.console import artifacts_table
+    from jmed_edge.convert.console import artifacts_table, quiet_libraries
+
+    target = TARGETS.get(args.to)
+    quiet_libraries()
+    folders = target(args, console)
 
     if args.to == "gguf":
         console.print(artifacts_table(folders))

@@ -15,6 +15,13 @@ if TYPE_CHECKING:
 _STYLE = {True: "green", False: "bold red", None: "cyan"}
 
 
+def quiet_libraries() -> None:
+    """Silence transformers' own progress bars ("Loading weights"), which would tear rich's."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def print_checks(console: Console, title: str, result: VerifyResult) -> None:
     console.print(f"[bold]{title}[/] checked against {result.against}")
     for check in result.checks:
@@ -70,11 +77,13 @@ def artifacts_table(folders: dict[str, Path]) -> Table:
     """One row per artifact: size, bits/weight, imatrix, and the measured quantization loss."""
     from jmed_edge.manifest import read_manifest
 
-    table = Table(title="GGUF artifacts")
-    for column in ("type", "size", "bits/w", "imatrix", "KL ja", "KL en", "top-1 ja", "top-1 en", "folder"):
-        table.add_column(column, justify="right" if column not in ("type", "folder", "imatrix") else "left")
+    folder_names = {Path(f).parent for f in folders.values()}
+    where = f" in {next(iter(folder_names))}" if len(folder_names) == 1 else ""
+    table = Table(title=f"GGUF artifacts{where} (KL / top-1 against the 16-bit GGUF, held-out text)")
+    for column in ("type", "size", "bits/w", "imatrix", "KL ja", "KL en", "top-1 ja", "top-1 en"):
+        table.add_column(column, justify="left" if column in ("type", "imatrix") else "right")
     for name, folder in folders.items():
-        manifest = read_manifest(folder)
+        manifest = read_manifest(Path(folder))
         assert manifest is not None
         d = manifest.details
         kl = next((c.get("kl") for c in manifest.verification.get("checks", []) if c.get("kl")), None) or {}
@@ -87,6 +96,6 @@ def artifacts_table(folders: dict[str, Path]) -> Table:
         table.add_row(
             name, f"{size:,.1f} MB", f"{d.get('bits_per_weight', 0):.2f}", imatrix.get("mode", "-"),
             cell("ja", "kl_mean", ".4f"), cell("en", "kl_mean", ".4f"), cell("ja", "top1", ".1%"),
-            cell("en", "top1", ".1%"), str(folder),
+            cell("en", "top1", ".1%"),
         )  # fmt: skip
     return table

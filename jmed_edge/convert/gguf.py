@@ -110,13 +110,13 @@ def _refuse_existing(folders: list[Path], force: bool) -> None:
         raise ArtifactError(f"{names} already exist{'s' if len(existing) == 1 else ''}; pass --force to replace")
 
 
-def _verify(staged: Path, source: HFSource, progress: Progress, title: str, **kw: Any) -> dict[str, Any]:
+def _verify(staged: Path, dest: Path, source: HFSource, progress: Progress, **kw: Any) -> dict[str, Any]:
     from jmed_edge.convert.verify import verify_artifact
 
-    progress.task(f"{title}: verifying against {source.path.name}")
+    progress.task(f"{dest.name}: verifying against {source.path.name}")
     result = verify_artifact(staged, against=source.path, **kw)
-    progress.checks(title, result)
-    result.artifact = staged.parent / title  # name the final folder in messages, not the staging one
+    progress.checks(dest.name, result)
+    result.artifact = dest  # name the final folder in messages, not the staging one
     result.raise_for_failures()
     return result.to_dict()
 
@@ -150,7 +150,7 @@ def _convert_base(source: HFSource, dest: Path, outtype: str, pre: tuple[str | N
         details = _details(file, quant, pre_tokenizer_source=pre[1], imatrix=None, source=str(source.path),
                            fingerprint=gguf_fingerprint(parent["sha256"], quant, None, outtype, pre_tokenizer=pre[0]))  # fmt: skip
         progress.finish(f"{quant}: {human_bytes(details['size_bytes'])}, {details['bits_per_weight']} bits/weight")
-        verification = _verify(tmp, source, progress, quant) if verify else {}
+        verification = _verify(tmp, dest, source, progress) if verify else {}
         license_ = source.manifest.license if source.manifest else "unknown"
         Manifest(kind="gguf", format="gguf", name=f"{source.name}-{quant}", parent=parent,
                  config={"outtype": outtype, "pre_tokenizer": pre[0]}, license=license_,
@@ -175,6 +175,7 @@ def _imatrix(mode: str | Path, base_dir: Path, source: HFSource, progress: Progr
         data = compute_imatrix(base_file, corpus, tmp, n_tokens=n_tokens, n_ctx_train=n_ctx_train,
                                on_progress=progress.advance)  # fmt: skip
     data.path = base_dir.parent / IMATRIX_FILE
+    data.path.chmod(0o644)  # staged through mkstemp (0600); it is a shareable result like the GGUFs
     calibration.update(tokens=n_tokens, chunks=data.chunk_count, chunk_size=data.chunk_size)
     progress.finish(f"imatrix: {data.chunk_count} chunks x {data.chunk_size} tokens of ja+en medical text")
     return data, {"mode": "auto", "path": str(data.path), "calibration": calibration}
@@ -200,7 +201,7 @@ def _quantize_one(q: QuantType, base_dir: Path, dest: Path, source: HFSource, im
         )  # fmt: skip
         progress.finish(f"{q.name}: {human_bytes(details['size_bytes'])}, {details['bits_per_weight']} bits/weight")
         verification = (
-            _verify(tmp, source, progress, q.name, reference=base_dir, texts_by_lang=texts_by_lang) if verify else {}
+            _verify(tmp, dest, source, progress, reference=base_dir, texts_by_lang=texts_by_lang) if verify else {}
         )
         Manifest(kind="gguf", format="gguf", name=f"{source.name}-{q.name}", parent=parent_record(base_dir),
                  config={"quant": q.name, "imatrix": im_record and im_record["mode"]}, license=base_manifest.license,

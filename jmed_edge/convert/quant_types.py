@@ -86,11 +86,9 @@ def quant_type(name: str) -> QuantType:
     key = name.strip().upper().replace("-", "_")
     key = ALIASES.get(key, key)
     if key not in QUANT_TYPES:
-        known = list(QUANT_TYPES)
-        hint = did_you_mean(key, known)
-        raise ConfigError(
-            f'unknown quant type "{name}"{hint}; known: {", ".join(n.lower() for n in known)}'
-        )
+        known = [n.lower() for n in QUANT_TYPES]
+        hint = did_you_mean(key.lower(), known)
+        raise ConfigError(f'unknown quant type "{name}"{hint}; known: {", ".join(known)}')
     return QUANT_TYPES[key]
 
 

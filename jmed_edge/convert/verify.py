@@ -105,7 +105,7 @@ def source_of(artifact: Path) -> Path | None:
     """The Hugging Face folder at the root of ``artifact``'s manifest parent chain, if still there."""
     current: Path | None = Path(artifact)
     for _ in range(8):
-        parent, kind = _parent_path(current)  # type: ignore[arg-type]
+        parent, _kind = _parent_path(current)  # type: ignore[arg-type]
         if parent is None or not parent.exists():
             return None
         if (parent / "config.json").exists():

@@ -59,10 +59,9 @@ def _manifest_details(folder: Path) -> dict[str, Any] | None:
                                           "details": manifest.details, "config": manifest.config}  # fmt: skip
 
 
-def _train(recipe: Any, out: Path, stages: _Stages) -> Path:
+def _train(recipe: Any, adapter: Path, stages: _Stages) -> Path:
     from jmed_edge.train import adapter_matches, run_training
 
-    adapter = out / "adapter"
     if adapter_matches(adapter, recipe):
         stages.skip("train", "adapter fingerprint matches the recipe and data")
         return adapter
@@ -211,12 +210,15 @@ def run_pipeline(
     path = resolve_recipe(recipe_ref)
     recipe = load_recipe(path, [o for o in overrides if o.split(".", 1)[0] not in ("convert", "bench", "report")])
     sections = load_sections(path, overrides)
-    out = Path(out or recipe.output.dir)
+    # Without --out, every artifact goes beside the recipe's adapter folder (runs/demo/adapter ->
+    # runs/demo/{merged,gguf,bench,report}); with --out, the adapter goes to OUT/adapter too.
+    adapter_dir = Path(out) / "adapter" if out else Path(recipe.output.dir)
+    out = Path(out) if out else adapter_dir.parent
     out.mkdir(parents=True, exist_ok=True)
     result = PipelineResult(out)
     stages = _Stages(result, console)
 
-    adapter = _train(recipe, out, stages)
+    adapter = _train(recipe, adapter_dir, stages)
     merged = _merge(adapter, out, "fp32", stages)
     result.artifacts["merged"] = merged
     result.artifacts.update(_convert_gguf(merged, out, sections, stages))

@@ -90,7 +90,7 @@ def create_app(runtimes: Sequence[Runtime], settings: ServeSettings) -> FastAPI:
             return fit_to_context(runtime, prompt, params, req.token_budget, settings.max_tokens_limit)
 
         if settings.log_content:
-            content_log.info("chat request: %s", json.dumps(messages, ensure_ascii=False))
+            content_log.info("chat request: %s", _json(messages))
         return await _respond(request, pool, settings, prepare, req, chat=True)
 
     @app.post("/v1/completions")
@@ -104,10 +104,14 @@ def create_app(runtimes: Sequence[Runtime], settings: ServeSettings) -> FastAPI:
             return fit_to_context(runtime, prompt, params, req.token_budget, settings.max_tokens_limit)
 
         if settings.log_content:
-            content_log.info("completion request: %s", json.dumps(prompt, ensure_ascii=False))
+            content_log.info("completion request: %s", _json(prompt))
         return await _respond(request, pool, settings, prepare, req, chat=False)
 
     return app
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def _sampling(req: Any) -> SamplingParams:
@@ -119,7 +123,7 @@ def _sampling(req: Any) -> SamplingParams:
 
 async def _respond(request: Request, pool: RuntimePool, settings: ServeSettings,
                    prepare: Callable[[Runtime], Prepared], req: Any, *, chat: bool):  # fmt: skip
-    generation = await pool.generate(prepare)
+    generation = await pool.generate(prepare, gone=request.is_disconnected)
     try:
         prepared = await generation.ready()
     except JmedError as exc:
@@ -136,7 +140,7 @@ async def _respond(request: Request, pool: RuntimePool, settings: ServeSettings,
         text = await generation.text()
         use = finish()
         if settings.log_content:
-            content_log.info("%s answer: %s", rid, json.dumps(text, ensure_ascii=False))
+            content_log.info("%s answer: %s", rid, _json(text))
         build = p.chat_response if chat else p.completion_response
         return JSONResponse(build(rid, model, text, p.finish_reason(generation.finish_reason), use))
 
@@ -147,12 +151,12 @@ async def _respond(request: Request, pool: RuntimePool, settings: ServeSettings,
         def chunk(text: str, reason: str | None) -> str:
             if chat:
                 delta = {"content": text} if reason is None else {}
-                return json.dumps(p.chat_chunk(rid, model, born, delta, reason), ensure_ascii=False)
-            return json.dumps(p.completion_chunk(rid, model, born, text, reason), ensure_ascii=False)
+                return _json(p.chat_chunk(rid, model, born, delta, reason))
+            return _json(p.completion_chunk(rid, model, born, text, reason))
 
         try:
             if chat:
-                yield json.dumps(p.chat_chunk(rid, model, born, {"role": "assistant", "content": ""}, None))
+                yield _json(p.chat_chunk(rid, model, born, {"role": "assistant", "content": ""}, None))
             async for piece in generation.pieces():
                 parts.append(piece)
                 yield chunk(piece, None)
@@ -160,16 +164,16 @@ async def _respond(request: Request, pool: RuntimePool, settings: ServeSettings,
             use = finish()
             if req.include_usage:
                 obj = "chat.completion.chunk" if chat else "text_completion"
-                yield json.dumps(p.usage_chunk(rid, model, born, obj, use))
+                yield _json(p.usage_chunk(rid, model, born, obj, use))
             yield "[DONE]"
         except Exception as exc:  # headers are sent: report the failure inside the stream
             log.exception("generation failed in request %s", rid)
-            yield json.dumps(p.error_body(f"generation failed: {type(exc).__name__}: {exc}", "server_error"))
+            yield _json(p.error_body(f"generation failed: {type(exc).__name__}: {exc}", "server_error"))
         finally:
             generation.cancel()
             finish()
             if settings.log_content:
-                content_log.info("%s answer: %s", rid, json.dumps("".join(parts), ensure_ascii=False))
+                content_log.info("%s answer: %s", rid, _json("".join(parts)))
 
     return EventSourceResponse(events(), ping=15)
 

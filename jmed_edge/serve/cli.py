@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     settings.check()
     options = runtime_options(args)
     sock = bind_socket(settings.host, settings.port)  # a busy port fails before the slow model load
-    console = Console(stderr=True, highlight=False)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
     runtimes = []
     try:
         info = describe(args.artifact)  # a one-line error for a missing or non-model path

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,13 +114,19 @@ class RuntimePool:
         self._admitted -= 1
         self._free.put_nowait(runtime)
 
-    async def generate(self, prepare: Callable[[Runtime], Prepared]) -> Generation:
+    async def generate(
+        self, prepare: Callable[[Runtime], Prepared], gone: Callable[[], Awaitable[bool]] | None = None
+    ) -> Generation:
         """Borrow an instance (or raise ``ServerBusy``) and start ``prepare`` + generation on it.
 
-        Await ``Generation.ready()`` next: it raises the ``RequestError`` of a bad prompt before
-        any response is sent.
+        ``gone`` is asked once an instance is free: a client that left while its request waited
+        in the queue costs no model time. Await ``Generation.ready()`` next: it raises the
+        ``RequestError`` of a bad prompt before any response is sent.
         """
         runtime = await self._acquire()
+        if gone is not None and await gone():
+            self._release(runtime)
+            raise RequestError(499, "the client closed the request while it waited in the queue")
         return Generation(self, runtime, prepare)
 
     def stop(self, timeout: float = 10.0) -> bool:

@@ -29,8 +29,10 @@ def resolve_hardware(precision: str) -> Hardware:
     import torch
     from accelerate import PartialState
 
-    state = PartialState()
     cuda = torch.cuda.is_available()
+    # cpu=True lets several CPU processes (torchrun / accelerate launch) form a gloo group; the
+    # state is a singleton the Trainer shares, so it must be created right the first time.
+    state = PartialState(cpu=not cuda)
     if precision == "auto":
         precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
     if not cuda and precision == "fp16":

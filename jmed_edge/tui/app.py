@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 from textual import work
 from textual.app import App
 from textual.binding import Binding, BindingType
+from textual.css.query import NoMatches
+from textual.message import Message
 from textual.signal import Signal
 
 from jmed_edge.errors import JmedError
@@ -22,8 +25,14 @@ from jmed_edge.tui.screens.report import ReportScreen
 
 log = logging.getLogger(__name__)
 
-# Smallest terminal the layout is drawn for; below it each screen shows a notice instead.
-MIN_SIZE = (80, 24)
+
+class UICall(Message):
+    """A call a worker thread asks the UI thread to make (see ``JmedEdgeApp.from_worker``)."""
+
+    def __init__(self, callback: Callable[..., object], args: tuple[object, ...]) -> None:
+        super().__init__()
+        self.callback = callback
+        self.args = args
 
 
 def error_message(exc: BaseException) -> str:
@@ -68,6 +77,22 @@ class JmedEdgeApp(App[None]):
     def on_mount(self) -> None:
         self.rescan()
 
+    # --- workers ---------------------------------------------------------------------------
+
+    def from_worker(self, callback: Callable[..., object], *args: object) -> None:
+        """Run ``callback(*args)`` on the UI thread, from a worker thread, without waiting.
+
+        Unlike ``call_from_thread`` it never blocks the worker, so a worker still finishing
+        its model call when the app closes cannot hang the exit; calls after closing are dropped.
+        """
+        self.post_message(UICall(callback, args))
+
+    def on_ui_call(self, message: UICall) -> None:
+        try:
+            message.callback(*message.args)
+        except NoMatches:  # the widget it updates is gone (screen closed, conversation cleared)
+            log.debug("UI update for a removed widget dropped: %s", message.callback)
+
     # --- shared state ---------------------------------------------------------------------
 
     @work(thread=True, exclusive=True, group="scan")
@@ -76,9 +101,9 @@ class JmedEdgeApp(App[None]):
         try:
             found = self.backend.scan(self.root)
         except Exception as exc:
-            self.call_from_thread(self.show_error, exc)
+            self.from_worker(self.show_error, exc)
             found = []
-        self.call_from_thread(self._set_artifacts, found)
+        self.from_worker(self._set_artifacts, found)
 
     def _set_artifacts(self, found: list[ArtifactView]) -> None:
         self.artifacts = found

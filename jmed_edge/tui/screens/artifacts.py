@@ -203,12 +203,12 @@ with it, benchmark it, verify it against its source, or convert a Hugging Face m
         try:
             result = self.app.backend.verify(a.info.path)
         except Exception as exc:
-            self.app.call_from_thread(self.app.show_error, exc)
+            self.app.from_worker(self.app.show_error, exc)
         else:
             passed = getattr(result, "passed", getattr(result, "ok", True))
             message = f"{a.name}: verification {'passed' if passed else 'FAILED'}"
-            self.app.call_from_thread(self.notify, message, severity="information" if passed else "error")
-        self.app.call_from_thread(self.app.rescan)
+            self.app.from_worker(self.notify, message, severity="information" if passed else "error")
+        self.app.from_worker(self.app.rescan)
 
     def action_convert(self) -> None:
         if (a := self._need_selection()) is None:
@@ -235,12 +235,12 @@ with it, benchmark it, verify it against its source, or convert a Hugging Face m
     def _convert(self, a: ArtifactView, request: ConvertRequest) -> None:
         try:
             status = self.query_one("#artifact-status", Static)
-            progress = StatusProgress(lambda text: self.app.call_from_thread(status.update, text))
+            progress = StatusProgress(lambda text: self.app.from_worker(status.update, text))
             self.app.backend.convert_to_gguf(a.info.path, request.out_dir, request.quants, progress)
         except Exception as exc:
-            self.app.call_from_thread(self.app.show_error, exc)
+            self.app.from_worker(self.app.show_error, exc)
         else:
-            self.app.call_from_thread(
+            self.app.from_worker(
                 self.notify, f"{a.name}: wrote {', '.join(request.quants)} to {request.out_dir}"
             )
-        self.app.call_from_thread(self.app.rescan)
+        self.app.from_worker(self.app.rescan)

@@ -184,29 +184,33 @@ keeping the answers already written. Results go to the output folder, ready for 
         for job in jobs:
             row = rows[job.key]
             if cancel.is_set():
-                app.call_from_thread(row.set_state, "cancelled", "not started")
+                app.from_worker(row.set_state, "cancelled", "not started")
                 continue
-            app.call_from_thread(row.set_state, "running", "loading the model…")
+            app.from_worker(row.set_state, "running", "loading the model…")
 
             def progress(report: Any, row: JobRow = row) -> None:
-                app.call_from_thread(row.set_progress, report.done, report.total, progress_text(report))
+                app.from_worker(row.set_progress, report.done, report.total, progress_text(report))
 
             try:
                 summary = app.backend.run_benchmark(
                     job.artifact.info.path, job.spec, out, limit=limit, progress=progress, cancel=cancel
                 )
             except Exception as exc:
-                app.call_from_thread(app.show_error, exc)
-                app.call_from_thread(
+                app.from_worker(app.show_error, exc)
+                app.from_worker(
                     row.set_state, "failed", f"failed: {exc}" if isinstance(exc, JmedError) else "failed"
                 )
                 continue
             if summary.complete:
-                app.call_from_thread(row.set_state, "done", summary_text(summary))
+                app.from_worker(row.set_state, "done", summary_text(summary))
             else:
                 text = f"cancelled at {summary.n}/{row.total} · start again to resume"
-                app.call_from_thread(row.set_state, "cancelled", text)
-        app.call_from_thread(self._finished, out)
+                app.from_worker(row.set_state, "cancelled", text)
+        app.from_worker(self._finished, out)
+
+    def on_unmount(self) -> None:
+        # The app is closing: stop after the current batch (the answers so far are kept).
+        self.cancel_event.set()
 
     def _finished(self, out: Path) -> None:
         self.running = False

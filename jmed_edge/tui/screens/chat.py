@@ -75,7 +75,7 @@ alpaca prompt) and sampling.
 
     @property
     def panes(self) -> list[ChatPane]:
-        shown = self.PANES if self.has_class("-compare") else self.PANES[:1]
+        shown = self.PANES if self.comparing else self.PANES[:1]
         return [self.query_one(p, ChatPane) for p in shown]
 
     # --- artifacts ------------------------------------------------------------------------
@@ -186,17 +186,26 @@ alpaca prompt) and sampling.
         if not any(stopped):
             self.notify("nothing to stop", timeout=2)
 
+    @property
+    def comparing(self) -> bool:
+        return self.query_one("#pane-b", ChatPane).has_class("-open")
+
+    @property
+    def settings_open(self) -> bool:
+        return self.query_one("#chat-settings").has_class("-open")
+
     def action_compare(self) -> None:
-        self.toggle_class("-compare")
+        # Classes go on the widget that changes, not the screen: restyling the screen is slow.
         right, left = self.query_one("#pane-b", ChatPane), self.query_one("#pane-a", ChatPane)
-        if self.has_class("-compare") and right.chosen is None:
+        right.toggle_class("-open")
+        if self.comparing and right.chosen is None:
             other = next((value for value in right.labels if value != left.chosen), None)
             if other is not None:
                 right.choose(other)
 
     def action_settings(self) -> None:
-        self.toggle_class("-settings")
-        if self.has_class("-settings"):
+        self.query_one("#chat-settings").toggle_class("-open")
+        if self.settings_open:
             self.query_one("#system", TextArea).focus()
         else:
             self.query_one("#prompt", TextArea).focus()

@@ -18,11 +18,16 @@ GLOBAL_KEYS = (
 )
 
 
-def _key_name(key: str) -> str:
+def _key_name(keys: str) -> str:
+    """'ctrl+s,escape' -> 'Ctrl+S / Esc'."""
     names = {"escape": "Esc", "enter": "Enter", "delete": "Del", "question_mark": "?"}
-    return " / ".join(
-        names.get(k, k.replace("ctrl+", "Ctrl+").replace("shift+", "Shift+")) for k in key.split(",")
-    )
+
+    def one(key: str) -> str:
+        *mods, last = key.split("+")
+        last = names.get(last, last.upper() if len(last) == 1 else last.capitalize())
+        return "+".join([*(m.capitalize() for m in mods), last])
+
+    return " / ".join(one(k) for k in keys.split(","))
 
 
 def help_markdown(current: str) -> str:

@@ -92,8 +92,8 @@ speed, and a chart. Type a RAM budget (e.g. 8GB) and press Enter to get the reco
             for folder in backend.report_folders(root):
                 sources[f"report:{folder}"] = backend.report_inputs(folder)
         except Exception as exc:
-            self.app.call_from_thread(self.app.show_error, exc)
-        self.app.call_from_thread(self._set_sources, sources)
+            self.app.from_worker(self.app.show_error, exc)
+        self.app.from_worker(self._set_sources, sources)
 
     def _set_sources(self, sources: dict[str, tuple[list[Path], str]]) -> None:
         self._sources = sources
@@ -129,9 +129,9 @@ speed, and a chart. Type a RAM budget (e.g. 8GB) and press Enter to get the reco
         try:
             names = self.app.backend.run_artifacts(run_dirs)
         except Exception as exc:
-            self.app.call_from_thread(self.app.show_error, exc)
+            self.app.from_worker(self.app.show_error, exc)
             names = []
-        self.app.call_from_thread(self._set_references, names, reference)
+        self.app.from_worker(self._set_references, names, reference)
 
     def _set_references(self, names: list[str], reference: str) -> None:
         select = self.query_one("#report-reference", Select)
@@ -188,12 +188,12 @@ speed, and a chart. Type a RAM budget (e.g. 8GB) and press Enter to get the reco
                 run_dirs, reference, budget_bytes=budget, max_loss=max_loss, kl=kl
             )
         except Exception as exc:
-            self.app.call_from_thread(self.app.show_error, exc)
-            self.app.call_from_thread(
+            self.app.from_worker(self.app.show_error, exc)
+            self.app.from_worker(
                 self.query_one("#recommendation", Static).update, "The report could not be built."
             )
             return
-        self.app.call_from_thread(self.show_report, data)
+        self.app.from_worker(self.show_report, data)
 
     def show_report(self, data: Any) -> None:
         from jmed_edge.report.render import accuracy_rows, kl_rows, perf_rows

@@ -15,12 +15,12 @@ from jmed_edge.report.recommend import SIGNIFICANCE
 EIGHTHS = " ▏▎▍▌▋▊▉"
 
 
-def hbar(fraction: float, width: int) -> str:
-    """A bar ``fraction`` (0..1) of ``width`` cells long."""
+def hbar(fraction: float, width: int) -> tuple[str, str]:
+    """A bar ``fraction`` (0..1) of ``width`` cells long: (the bar, the empty track after it)."""
     cells = max(0.0, min(1.0, fraction)) * width
     full = int(cells)
-    part = EIGHTHS[int((cells - full) * 8)] if full < width else ""
-    return ("█" * full + part.strip()).ljust(width)
+    bar = "█" * full + (EIGHTHS[int((cells - full) * 8)].strip() if full < width else "")
+    return bar, " " * (width - len(bar))
 
 
 def _fit(name: str, width: int) -> str:
@@ -40,6 +40,7 @@ class AccuracyBars(Widget):
         "bars--bar",
         "bars--loss",
         "bars--axis",
+        "bars--track",
     }
 
     def __init__(self, *, id: str | None = None) -> None:
@@ -79,7 +80,9 @@ class AccuracyBars(Widget):
                 for c in cells:
                     is_ref = c.artifact == data.reference
                     line = Text(_fit(c.artifact, name_w) + " ")
-                    line.append(hbar(c.accuracy, bar_w), styles["bars--ref" if is_ref else "bars--bar"])
+                    bar, track = hbar(c.accuracy, bar_w)
+                    line.append(bar, styles["bars--ref" if is_ref else "bars--bar"])
+                    line.append(track, styles["bars--track"])
                     line.append(f" {100 * c.accuracy:5.1f}")
                     if not is_ref and c.loss_points is not None:
                         cmp = c.vs_reference

@@ -18,6 +18,8 @@ from textual.widgets import Select, Static
 
 from jmed_edge.runtimes.base import GenerationStats, SamplingParams
 
+REDRAW_SECONDS = 0.05
+
 
 @dataclass(frozen=True)
 class ChatSettings:
@@ -97,6 +99,8 @@ class ChatPane(Vertical):
             self.session.reset()
 
     def _show_piece(self, message: Static, answer: str, stats: str) -> None:
+        if not message.is_attached:  # the conversation was cleared or the app is closing
+            return
         message.update(Text(answer))
         self.border_subtitle = stats
         self.query_one(".messages", VerticalScroll).scroll_end(animate=False)
@@ -128,23 +132,21 @@ class ChatPane(Vertical):
             pieces: list[str] = []
             for piece in turn:
                 pieces.append(piece)
-                app.call_from_thread(
-                    self._show_piece, reply, "".join(pieces), stats_line(turn.stats, done=False)
-                )
+                app.from_worker(self._show_piece, reply, "".join(pieces), stats_line(turn.stats, done=False))
             if settings.template == "chat":
                 self.session.commit(turn)
-            app.call_from_thread(self._show_piece, reply, turn.answer, stats_line(turn.stats, done=True))
+            app.from_worker(self._show_piece, reply, turn.answer, stats_line(turn.stats, done=True))
         except Exception as exc:
-            app.call_from_thread(app.show_error, exc)
-            app.call_from_thread(self._set_subtitle, "error")
+            app.from_worker(app.show_error, exc)
+            app.from_worker(self._set_subtitle, "error")
         finally:
             self.turn = None
-            app.call_from_thread(self._finished)
+            app.from_worker(self._finished)
 
     def _ensure_runtime(self, path: str, settings: ChatSettings) -> None:
         if self.runtime is not None and self.runtime_path == path:
             return
-        self.app.call_from_thread(self._set_subtitle, "loading…")
+        self.app.from_worker(self._set_subtitle, "loading…")
         self.close_runtime()
         self.runtime = self.app.backend.open_runtime(path)
         self.runtime_path = path
