@@ -9,9 +9,11 @@ real GGUF is in test_serve_gguf.py.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -81,6 +83,7 @@ def serve(runtimes=None, **settings):
     return BackgroundServer(create_app(runtimes, ServeSettings(model_name=MODEL, **settings)))
 
 
+@functools.cache
 def client(server: BackgroundServer, api_key: str = "unused") -> openai.OpenAI:
     return openai.OpenAI(base_url=server.base_url + "/v1", api_key=api_key, max_retries=0, timeout=30)
 
@@ -331,6 +334,21 @@ def test_excess_requests_get_429_when_the_queue_is_full():
         still_serving(server)
 
 
+def test_back_to_back_requests_from_one_client_are_never_refused():
+    """An instance is back in the pool before the client sees the end of its answer."""
+    with serve([EchoRuntime()], max_concurrency=1, queue=0) as server:
+        api = client(server)
+        for i in range(30):
+            if i % 2:
+                text = "".join(c.choices[0].delta.content or "" for c in api.chat.completions.create(
+                    model=MODEL, messages=ask(f"n{i}"), stream=True))  # fmt: skip
+            else:
+                text = (
+                    api.chat.completions.create(model=MODEL, messages=ask(f"n{i}")).choices[0].message.content
+                )
+            assert text == f"echo: n{i}"
+
+
 def test_a_disconnected_stream_stops_the_model_and_frees_it():
     runtime = EchoRuntime(delay=0.05)
     with serve([runtime], max_concurrency=1, queue=0) as server:
@@ -421,3 +439,27 @@ def test_streamed_answers_are_valid_server_sent_events(server):
     assert data[-1] == "[DONE]"
     pieces = [json.loads(d)["choices"][0]["delta"].get("content") or "" for d in data[:-1]]
     assert "".join(pieces) == "echo: 日本語 テキスト"
+
+
+def test_load_benchmark_tells_drift_from_cross_talk(monkeypatch):
+    """benchmarks/perf/serve_load.py's check: each answer is its own prompt's, or it is flagged."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "perf" / "serve_load.py"
+    spec = importlib.util.spec_from_file_location("serve_load", path)
+    load = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "serve_load", load)  # dataclasses look their module up there
+    spec.loader.exec_module(load)
+    alone = {0: "Hypertension is high blood pressure.", 1: "An ECG records the heart's electrical activity."}
+    results = [
+        load.Result(0, False, 200, alone[0], 1.0, None, 8),
+        load.Result(1, True, 200, "An ECG records the heart's rhythm.", 1.0, 0.2, 8),  # drift
+        load.Result(0, True, 200, alone[1], 1.0, 0.2, 8),  # another request's answer
+        load.Result(1, False, 200, "Hypertension is a disease", 1.0, None, 8),  # starts as prompt 0's answer
+        load.Result(1, False, 429),
+        load.Result(0, False, 0, error="ReadTimeout: timed out"),
+    ]
+    report = load.summarise(load.Report("m", 2, 1, 0, 8), (results, 2.0), alone)
+    assert (report.sent, report.ok, report.rejected_429, report.dropped) == (6, 4, 1, 1)
+    assert (report.exact, report.drifted, report.crossed) == (1, 1, 2)
+    assert report.requests_per_second == 2.0 and report.tokens_per_second == 16.0

@@ -121,7 +121,7 @@ class ScriptedRuntime:
             stats.completion_tokens = i + 1
             stats.decode_seconds = (i + 1) / self.rate
             yield piece
-        else:
+        if len(pieces) <= params.max_tokens:
             stats.finish_reason = "stop"
 
     def _gold_answers(self) -> dict[str, tuple[str, str]]:
@@ -151,10 +151,11 @@ class ScriptedRuntime:
 
 
 class ScriptedBackend(Backend):
-    """The real backend with scripted models. ``broken``: artifact names whose loading fails."""
+    """The real backend with scripted models. ``broken``: artifact names whose loading fails;
+    ``on_score(n, cancel)`` runs after each scored question of a bench job."""
 
     def __init__(self, *, delay: float = 0.0, broken: Sequence[str] = (),
-                 on_score: Callable[[int], None] | None = None) -> None:  # fmt: skip
+                 on_score: Callable[[int, threading.Event], None] | None = None) -> None:  # fmt: skip
         self.delay = delay
         self.broken = set(broken)
         self.opened: list[ScriptedRuntime] = []
@@ -179,7 +180,7 @@ class ScriptedBackend(Backend):
             nonlocal scored
             scored += 1
             if self.on_score is not None:
-                self.on_score(scored)
+                self.on_score(scored, cancel)
             progress(report)
 
         settings = BenchSettings(limit=limit, batch_size=1)
@@ -197,12 +198,15 @@ class ScriptedBackend(Backend):
         return {}
 
 
-def bench_runs(root: Path, names: Sequence[str] = ("medllm-F16", "medllm-Q8_0", "medllm-Q4_K_M")) -> Path:
-    """Bench results of the scripted GGUFs on jmed-sample, written by ``run_benchmark`` itself."""
+def bench_runs(
+    root: Path, names: Sequence[str] = ("medllm-F16", "medllm-Q8_0", "medllm-Q4_K_M"), limit: int = 16
+) -> Path:
+    """Bench results of the scripted GGUFs on jmed-sample (``limit`` questions per language),
+    written by ``run_benchmark`` itself."""
     backend = ScriptedBackend()
     out = root / "bench"
     for name, quant, _ in GGUFS:
         if name in names:
-            backend.run_benchmark(root / "gguf" / quant, "jmed-sample", out, limit=None, progress=lambda _: None,
+            backend.run_benchmark(root / "gguf" / quant, "jmed-sample", out, limit=limit, progress=lambda _: None,
                                   cancel=threading.Event())  # fmt: skip
     return out

@@ -10,10 +10,18 @@ cache) on 127.0.0.1 with the same app as ``jmed-edge serve``, then:
    not), stopping early after ``--duration`` seconds;
 3. reports requests/s, p50/p95 latency, time to first token and tokens/s, and checks that no
    request was dropped (every one answered 200, or 429 when the queue is deliberately small) and
-   that each answer equals the answer its prompt got alone. An answer equal to another prompt's
-   answer is reported as cross-talk, the failure this check exists for.
+   that each answer is the answer its prompt got alone.
 
-Exit status 1 when a request was dropped, mismatched or crossed. Nothing leaves loopback.
+An answer that is closer to another prompt's answer than to its own (by common prefix) is
+cross-talk, the failure this check exists for. An answer that starts as its own and departs
+from it later is reported as drift, not as a failure: llama.cpp reuses the part of a prompt
+already in an instance's KV cache, and logits computed in a different batch differ in the last
+bits, so greedy decoding can take another word where two are nearly tied (measured here: the
+same prompt sent twice in a row answered differently from the 12th token). ``--strict``
+counts drift as a failure too.
+
+Exit status 1 when a request was dropped or crossed (or drifted, with --strict). Nothing
+leaves loopback.
 """
 
 from __future__ import annotations
@@ -79,7 +87,8 @@ class Report:
     ok: int = 0
     rejected_429: int = 0
     dropped: int = 0
-    mismatched: int = 0
+    exact: int = 0
+    drifted: int = 0
     crossed: int = 0
     wall_seconds: float = 0.0
     requests_per_second: float = 0.0
@@ -88,6 +97,7 @@ class Report:
     first_token_p50: float = 0.0
     tokens_per_second: float = 0.0
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def send(http: httpx.Client, url: str, model: str, prompt: int, *, stream: bool, max_tokens: int) -> Result:
@@ -157,6 +167,8 @@ def run(args: argparse.Namespace) -> Report:
                 if first.status != 200:
                     raise SystemExit(f"reference request failed: {first.status} {first.error}")
                 alone[i] = first.text
+            if len(set(alone.values())) < len(alone):
+                raise SystemExit("two prompts got the same answer alone; cross-talk could not be told apart")
             results = load(http, url, args)
     finally:
         for runtime in runtimes:
@@ -189,9 +201,17 @@ def load(http: httpx.Client, url: str, args: argparse.Namespace) -> tuple[list[R
     return results, time.perf_counter() - started
 
 
+def common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def summarise(report: Report, measured: tuple[list[Result], float], alone: dict[int, str]) -> Report:
     results, wall = measured
-    answers = {text: i for i, text in alone.items()}
     ok = [r for r in results if r.status == 200 and not r.error]
     report.sent = len(results)
     report.ok = len(ok)
@@ -203,13 +223,17 @@ def summarise(report: Report, measured: tuple[list[Result], float], alone: dict[
                 f"prompt {r.prompt} ({'stream' if r.stream else 'whole'}): {r.status} {r.error}"
             )
     for r in ok:
-        if r.text != alone[r.prompt]:
-            report.mismatched += 1
-            crossed = answers.get(r.text)
-            if crossed is not None and crossed != r.prompt:
-                report.crossed += 1
-            report.problems.append(f"prompt {r.prompt}: answer differs from its answer alone"
-                                   + (f" (it is prompt {crossed}'s answer)" if crossed is not None else ""))  # fmt: skip
+        own = common_prefix(r.text, alone[r.prompt])
+        if r.text == alone[r.prompt]:
+            report.exact += 1
+            continue
+        closest = max(alone, key=lambda i: (common_prefix(r.text, alone[i]), i == r.prompt))
+        if closest != r.prompt:
+            report.crossed += 1
+            report.problems.append(f"prompt {r.prompt}: the answer is closer to prompt {closest}'s answer")
+        else:
+            report.drifted += 1
+            report.notes.append(f"prompt {r.prompt}: drifted from its answer alone after {own} characters")
     report.wall_seconds = wall
     report.requests_per_second = report.ok / wall if wall else 0.0
     latencies = [r.latency for r in ok]
@@ -231,7 +255,7 @@ def show(report: Report) -> None:
     rows = [
         ("requests sent / answered", f"{report.sent} / {report.ok}"),
         ("rejected (429) / dropped", f"{report.rejected_429} / {report.dropped}"),
-        ("answers differing from alone / cross-talk", f"{report.mismatched} / {report.crossed}"),
+        ("answers as alone / drifted / cross-talk", f"{report.exact} / {report.drifted} / {report.crossed}"),
         ("requests/s", f"{report.requests_per_second:.2f}"),
         ("latency p50 / p95", f"{report.latency_p50:.2f} s / {report.latency_p95:.2f} s"),
         ("time to first token p50 (streamed)", f"{report.first_token_p50:.2f} s"),
@@ -243,9 +267,11 @@ def show(report: Report) -> None:
     console = Console()
     console.print(table)
     for problem in report.problems[:20]:
-        console.print(f"[red]✗[/] {problem}", markup=True, highlight=False)
+        console.print(f"[red]✗[/] {problem}", highlight=False)
+    for note in report.notes[:20]:
+        console.print(f"[yellow]~[/] {note}", highlight=False)
     if not report.problems:
-        console.print("[green]✓[/] every request answered with the answer its prompt gets alone")
+        console.print("[green]✓[/] every request was answered, each with its own prompt's answer")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads per instance (1)")
     parser.add_argument("--ctx", type=int, default=2048, help="context length (2048)")
+    parser.add_argument("--strict", action="store_true", help="count drift as a failure too")
     parser.add_argument("--json", type=Path, help="also write the report as JSON here")
     args = parser.parse_args(argv)
     for name, limit in LIMITS.items():
@@ -277,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(
             json.dumps(asdict(report), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
-    return 1 if report.dropped or report.mismatched else 0
+    return 1 if report.dropped or report.crossed or (args.strict and report.drifted) else 0
 
 
 if __name__ == "__main__":

@@ -8,8 +8,7 @@ import sys
 from jmed_edge.errors import ConfigError
 
 EXAMPLES = """\
-examples:
-  jmed-edge chat runs/gguf/Q4_K_M
+more examples:
   jmed-edge chat runs/gguf/Q4_K_M --lora runs/lora-gguf --system "あなたは医療アシスタントです。"
   jmed-edge chat runs/merged --prompt "高血圧の第一選択薬は？" --max-tokens 128
   echo "What is HbA1c?" | jmed-edge chat model.gguf --prompt -
@@ -21,7 +20,7 @@ Commands: /reset, /save FILE (.md or .json), /stats, /help, /exit. Ctrl-C stops 
 def configure(parser: argparse.ArgumentParser) -> None:
     from jmed_edge.chat.model import add_model_options
 
-    parser.epilog = EXAMPLES
+    parser.epilog = f"{parser.epilog}\n\n{EXAMPLES}" if parser.epilog else EXAMPLES
     add_model_options(parser)
     parser.add_argument("--system", metavar="TEXT", help="system prompt (sent with every question)")
     parser.add_argument(
@@ -60,10 +59,10 @@ def run(args: argparse.Namespace) -> int:
     params = sampling_from_args(args)
     prompt = _read_prompt(args.prompt) if args.prompt is not None else None
     runtime = _open_with_status(args, runtime_options(args))
-    try:
-        from jmed_edge.chat.session import ChatSession
+    from jmed_edge.chat.session import ChatSession
 
-        session = ChatSession(runtime, system=args.system, params=params)
+    session = ChatSession(runtime, system=args.system, params=params)
+    try:
         if prompt is not None:
             return answer_once(session, prompt, show_stats=args.stats)
         from jmed_edge.chat.loop import ChatLoop
@@ -71,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         _enable_line_editing()
         return ChatLoop(session).run()
     finally:
+        session.stop()  # a generation still running must not see its model freed under it
         runtime.close()
 
 

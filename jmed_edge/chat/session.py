@@ -55,7 +55,7 @@ class Turn:
 
     def cancel(self) -> None:
         """Stop the answer after the current token and wait until the model is free again."""
-        if self._stream is not None:
+        if self._stream is not None and self._stream.running:
             self._stream.cancel()
             self._stream.wait()
             self.stats.finish_reason = "cancelled"
@@ -79,6 +79,7 @@ class ChatSession:
         self.transcript: list[dict[str, str]] = []  # every user/assistant message, in order
         self._window_start = 0  # first transcript index still sent to the model
         self.last: Turn | None = None
+        self._current: Turn | None = None
 
     @property
     def model_name(self) -> str:
@@ -117,7 +118,13 @@ class ChatSession:
             )
         params = replace(self.params, max_tokens=min(self.params.max_tokens, ctx - n_prompt))
         turn = Turn(text, prompt, params, n_prompt, (start - self._window_start) // 2, start)
-        return turn.start(self.runtime)
+        self._current = turn.start(self.runtime)
+        return turn
+
+    def stop(self) -> None:
+        """Stop an answer still being generated; after this the runtime may be closed safely."""
+        if self._current is not None:
+            self._current.cancel()
 
     def commit(self, turn: Turn) -> None:
         """Record a finished (or stopped) answer in the history."""

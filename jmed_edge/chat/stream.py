@@ -32,8 +32,9 @@ class WorkerStream:
     """Iterate ``make_pieces()`` on a daemon thread and pass each item to ``emit``.
 
     ``emit`` is called on the worker thread with every item, then with a ``Failed`` if the
-    iterator raised, then with ``END``. ``on_exit`` runs last, on the worker thread, once the
-    runtime is no longer in use (a pool returns the runtime to its free list there).
+    iterator raised, then with ``END``. ``on_exit`` runs on the worker thread once the runtime
+    is no longer in use and before ``END`` is emitted, so a consumer that has seen ``END``
+    knows the runtime is free again (a pool returns it to its free list in ``on_exit``).
     """
 
     def __init__(
@@ -85,9 +86,9 @@ class WorkerStream:
                     close()  # runs the runtime generator's own cleanup
                 except Exception as exc:  # a failing cleanup must not lose the END marker
                     self._emit(Failed(exc))
-            self._emit(END)
             if self._on_exit is not None:
                 self._on_exit()
+            self._emit(END)
 
 
 class SyncStream:
@@ -128,3 +129,8 @@ class SyncStream:
     def wait(self) -> None:
         """Block until the worker has released the runtime."""
         self._worker.join()
+
+    @property
+    def running(self) -> bool:
+        """True while the worker may still be using the runtime."""
+        return self._started and not self._worker.join(0)

@@ -111,15 +111,16 @@ def check_adapter(adapter: Path, lora_file: Path, base_gguf: Path) -> list[Check
     return [parity, effect_check]
 
 
-def _with_base_gguf(adapter: Path, base_gguf: Path | None, progress: Progress, run):
-    """Call ``run(base_gguf_file)``; without a base GGUF, convert the base to a temporary F16 first."""
+def _with_base_gguf(adapter: Path, base_gguf: Path | None, progress: Progress, run, work_dir: Path):
+    """Call ``run(base_gguf_file)``; without a base GGUF, convert the base to a temporary F16 first
+    (in ``work_dir``, which is on the disk the user chose for outputs rather than a small /tmp)."""
     if base_gguf is not None:
         return run(_float_base(Path(base_gguf), progress))
     from jmed_edge.convert.gguf import convert_to_gguf
 
     base_hf = adapter_base(adapter)
     progress.note(f"converting the base {base_hf.name} to a temporary F16 GGUF for the check (pass --base-gguf to reuse one)")
-    with tempfile.TemporaryDirectory(prefix=".jmed-lora-base-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=".jmed-lora-base-", dir=work_dir) as tmp:
         folders = convert_to_gguf(base_hf, Path(tmp), quants=(), verify=False, progress=progress)
         return run(describe(folders["F16"]).model_file)
 
@@ -154,7 +155,8 @@ def convert_lora(
         if verify:
             started = time.perf_counter()
             progress.task(f"LoRA: verifying against the peft model {adapter.name}")
-            result.checks = _with_base_gguf(adapter, base_gguf, progress, lambda b: check_adapter(adapter, file, b))
+            result.checks = _with_base_gguf(adapter, base_gguf, progress, lambda b: check_adapter(adapter, file, b),
+                                            work_dir=out.parent)  # fmt: skip
             result.seconds = time.perf_counter() - started
             progress.checks("LoRA", result)
             result.raise_for_failures()
@@ -191,7 +193,7 @@ def verify_lora(artifact: Path, *, base_gguf: Path | None = None, record: bool =
     started = time.perf_counter()
     result = VerifyResult(info.folder, adapter)
     result.checks = _with_base_gguf(adapter, Path(base) if base else None, progress,
-                                    lambda b: check_adapter(adapter, info.model_file, b))  # fmt: skip
+                                    lambda b: check_adapter(adapter, info.model_file, b), work_dir=info.folder.parent)  # fmt: skip
     result.seconds = time.perf_counter() - started
     if record:
         from jmed_edge.fsutil import write_text_atomic

@@ -45,10 +45,10 @@ jmed-edge. {note}
 
 ## Merge check
 The merged model was reloaded from these files and compared with base + adapter (unmerged) on
-{v["probes"]} Japanese and English medical probe sentences ({v["positions"]} positions): max |logit
-difference| {v["max_abs_diff"]:.3g} (tolerance {v["tolerance"]:.3g}), top-1 agreement
-{v["top1_agreement"]:.1%}. The adapter itself moves the base's logits by up to
-{v["adapter_effect_max_abs"]:.3g}, so a missing or wrong merge would have shown.
+{v["probes"]} Japanese and English medical probe sentences ({v["positions"]} positions):
+max |logit difference| {v["max_abs_diff"]:.3g} (tolerance {v["tolerance"]:.3g}), top-1 agreement {v["top1_agreement"]:.1%}.
+The adapter itself moves the base's logits by up to {v["adapter_effect_max_abs"]:.3g}, so a missing
+or wrong merge would have shown.
 
 ## Use
 ```

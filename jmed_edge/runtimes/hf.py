@@ -32,6 +32,13 @@ log = logging.getLogger(__name__)
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+def _score(logprob_rows: np.ndarray, cont: list[int]) -> ContinuationScore:
+    """Row ``i`` of ``logprob_rows`` predicts ``cont[i]``."""
+    ids = np.asarray(cont)
+    picked = logprob_rows[np.arange(len(ids)), ids]
+    return ContinuationScore(float(picked.sum()), len(ids), bool(np.all(logprob_rows.argmax(-1) == ids)))
+
+
 def _resolve_device(device: str) -> str:
     import torch
 
@@ -162,39 +169,66 @@ class HFRuntime:
         return self.score_batch([(context, continuations)])[0]
 
     def score_batch(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[list[ContinuationScore]]:
-        """Log-likelihoods for many (context, continuations) pairs, batched across contexts.
+        """Log-likelihoods for many (context, continuations) pairs.
 
-        Each distinct ``context + continuation[:-1]`` token sequence is run once; single-token
-        continuations (letters) of one context share a single sequence.
+        Contexts whose continuations are all one token (answer letters) are batched together:
+        one forward pass per batch, logits at the last position only. A context with longer
+        continuations (option texts) is run once; its KV cache is then shared by all its
+        continuations, which go through the model together as one batch.
         """
-        sequences: dict[tuple[int, ...], int] = {}  # token sequence -> row
-        plan: list[list[tuple[int, list[int]]]] = []  # per item, per continuation: (row, cont ids)
+        encoded = []
         for context, continuations in items:
             ctx_ids = self.tokenize(context, add_special=True)
             if not ctx_ids:
                 raise ConfigError("cannot score a continuation of an empty context on a model without BOS")
-            per_item = []
-            for continuation in continuations:
-                cont = split_continuation(lambda t: self.tokenize(t, add_special=True), ctx_ids, context, continuation)
-                seq = tuple(ctx_ids + cont[:-1])
-                per_item.append((sequences.setdefault(seq, len(sequences)), cont))
-            plan.append(per_item)
-        # Positions each sequence must predict: the last len(cont) positions, at most.
-        need = [1] * len(sequences)
-        for per_item in plan:
-            for row, cont in per_item:
-                need[row] = max(need[row], len(cont))
-        rows = self._forward_rows(list(sequences), need)
-        results = []
-        for per_item in plan:
-            scores = []
-            for row, cont in per_item:
-                lp = rows[row][-len(cont) :]  # log-probs predicting each continuation token
-                ids = np.asarray(cont)
-                picked = lp[np.arange(len(ids)), ids]
-                scores.append(ContinuationScore(float(picked.sum()), len(ids), bool(np.all(lp.argmax(-1) == ids))))
-            results.append(scores)
+            conts = [
+                split_continuation(lambda t: self.tokenize(t, add_special=True), ctx_ids, context, c)
+                for c in continuations
+            ]
+            encoded.append((ctx_ids, conts))
+        single = [i for i, (_, conts) in enumerate(encoded) if all(len(c) == 1 for c in conts)]
+        last_rows = self._last_logprobs([tuple(encoded[i][0]) for i in single]) if single else []
+        results: list[list[ContinuationScore]] = [[] for _ in encoded]
+        for i, row in zip(single, last_rows, strict=True):
+            results[i] = [_score(row[None, :], cont) for cont in encoded[i][1]]
+        batched = set(single)
+        for i, (ctx_ids, conts) in enumerate(encoded):
+            if i not in batched:
+                results[i] = self._score_with_cache(ctx_ids, conts)
         return results
+
+    def _last_logprobs(self, sequences: list[tuple[int, ...]]) -> list[np.ndarray]:
+        """Log-softmax at the last position of every sequence (left-padded batches by length)."""
+        rows = self._forward_rows(sequences, [1] * len(sequences))
+        return [r[-1] for r in rows]
+
+    def _score_with_cache(self, ctx_ids: list[int], conts: list[list[int]]) -> list[ContinuationScore]:
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=torch.tensor([ctx_ids], device=self.device), use_cache=True, logits_to_keep=1
+            )
+            first = torch.log_softmax(out.logits[0, -1].float(), -1).cpu().numpy()
+            multi = [c for c in conts if len(c) > 1]
+            tails: dict[int, np.ndarray] = {}
+            if multi:
+                cache = out.past_key_values
+                cache.batch_repeat_interleave(len(multi))
+                width = max(len(c) - 1 for c in multi)
+                # Right padding needs no mask: causal attention never lets a real token see a pad.
+                batch = torch.full((len(multi), width), self._pad_id, dtype=torch.long)
+                for r, c in enumerate(multi):
+                    batch[r, : len(c) - 1] = torch.tensor(c[:-1])
+                logits = self.model(input_ids=batch.to(self.device), past_key_values=cache, use_cache=True).logits
+                logprobs = torch.log_softmax(logits.float(), -1).cpu().numpy()
+                for r, c in enumerate(multi):
+                    tails[id(c)] = logprobs[r, : len(c) - 1]
+        scores = []
+        for c in conts:
+            rows = first[None, :] if len(c) == 1 else np.concatenate([first[None, :], tails[id(c)]])
+            scores.append(_score(rows, c))
+        return scores
 
     def _forward_rows(self, sequences: list[tuple[int, ...]], need: list[int]) -> list[np.ndarray]:
         """Log-softmax of the last ``need[i]`` positions of every sequence, batched by length."""

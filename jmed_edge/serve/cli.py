@@ -8,8 +8,7 @@ import os
 import sys
 
 EXAMPLES = """\
-examples:
-  jmed-edge serve runs/gguf/Q4_K_M
+more examples:
   jmed-edge serve runs/gguf/Q4_K_M --port 8080 --model-name jmed --max-concurrency 2 --queue 16
   JMED_EDGE_API_KEY=$(openssl rand -hex 24) jmed-edge serve model.gguf --host 0.0.0.0
 
@@ -24,7 +23,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from jmed_edge.chat.model import add_model_options
     from jmed_edge.fsutil import parse_bytes
 
-    parser.epilog = EXAMPLES
+    parser.epilog = f"{parser.epilog}\n\n{EXAMPLES}" if parser.epilog else EXAMPLES
     add_model_options(parser)
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)"

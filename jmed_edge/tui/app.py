@@ -87,7 +87,7 @@ class JmedEdgeApp(App[None]):
         """
         self.post_message(UICall(callback, args))
 
-    def on_ui_call(self, message: UICall) -> None:
+    def on_uicall(self, message: UICall) -> None:
         try:
             message.callback(*message.args)
         except NoMatches:  # the widget it updates is gone (screen closed, conversation cleared)

@@ -70,7 +70,7 @@ def verification_status(info: ArtifactInfo) -> str:
         passed = str(record["status"]).lower() in ("passed", "ok", "pass")
     if passed is None:
         return "recorded"
-    return "passed" if passed else "FAILED"
+    return "✓ passed" if passed else "✗ FAILED"
 
 
 def _parent_name(info: ArtifactInfo) -> str:

@@ -23,11 +23,12 @@ COLUMNS = ("name", "format", "quant", "size", "parent", "verified")
 
 def empty_message(root: Path) -> str:
     return (
-        f"No artifacts under [b]{root}[/b].\n\n"
-        "Make some first, for example:\n"
-        "  [b]jmed-edge demo[/b]   the shipped demo on the embedded model, offline (writes runs/demo)\n"
-        f"  [b]jmed-edge convert MODEL_DIR --to gguf --quant q8_0,q4_k_m --out {root}/gguf[/b]\n\n"
-        "then press [b]r[/b] to scan again, or start jmed-edge tui --root FOLDER on another folder."
+        f"No artifacts under [b]{escape(str(root))}[/b]. Make some first, for example:\n\n"
+        "  [b]jmed-edge demo[/b]\n"
+        "      the shipped demo on the embedded model, offline (writes runs/demo)\n"
+        "  [b]jmed-edge convert MODEL_DIR --to gguf --out runs/gguf[/b]\n"
+        "      Q8_0 and Q4_K_M GGUFs of your own Hugging Face model\n\n"
+        "Then press [b]r[/b] to scan again, or run [b]jmed-edge tui --root FOLDER[/b]."
     )
 
 

@@ -40,8 +40,8 @@ def progress_text(report: Any) -> str:
 
 def summary_text(summary: Any) -> str:
     """A finished job's ``Summary``: accuracy overall and per language."""
-    langs = " · ".join(f"{lang} {100 * block['accuracy']:.1f}%" for lang, block in summary.by_lang.items())
-    return f"done: {summary.n} answers, accuracy {100 * summary.accuracy:.1f}% ({langs})"
+    langs = "".join(f" · {lang} {100 * block['accuracy']:.1f}%" for lang, block in summary.by_lang.items())
+    return f"done · {summary.n} answers · accuracy {100 * summary.accuracy:.1f}%{langs}"
 
 
 class BenchScreen(JmedScreen):
@@ -64,6 +64,7 @@ keeping the answers already written. Results go to the output folder, ready for 
         super().__init__()
         self.cancel_event = threading.Event()
         self.running = False
+        self.runs = 0  # starts so far: job widget ids stay unique while old rows are removed
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="bench-main"):
@@ -132,7 +133,7 @@ keeping the answers already written. Results go to the output folder, ready for 
         for path in paths:
             artifact = self.app.artifact(path)
             if artifact is not None:
-                jobs += [Job(f"job-{len(jobs)}", artifact, spec) for spec in specs]
+                jobs += [Job(f"run{self.runs}-job{len(jobs)}", artifact, spec) for spec in specs]
         return jobs
 
     def _limit(self) -> int | None:
@@ -153,6 +154,7 @@ keeping the answers already written. Results go to the output folder, ready for 
         if self.running:
             self.notify("a benchmark is running; cancel it first (Ctrl+X)", severity="warning")
             return
+        self.runs += 1
         try:
             jobs, limit = self._jobs(), self._limit()
             out = Path(
@@ -188,7 +190,11 @@ keeping the answers already written. Results go to the output folder, ready for 
                 continue
             app.from_worker(row.set_state, "running", "loading the model…")
 
+            total = 0
+
             def progress(report: Any, row: JobRow = row) -> None:
+                nonlocal total
+                total = report.total
                 app.from_worker(row.set_progress, report.done, report.total, progress_text(report))
 
             try:
@@ -204,7 +210,7 @@ keeping the answers already written. Results go to the output folder, ready for 
             if summary.complete:
                 app.from_worker(row.set_state, "done", summary_text(summary))
             else:
-                text = f"cancelled at {summary.n}/{row.total} · start again to resume"
+                text = f"cancelled at {summary.n}/{total or '?'} · start again to resume"
                 app.from_worker(row.set_state, "cancelled", text)
         app.from_worker(self._finished, out)
 

@@ -63,10 +63,10 @@ alpaca prompt) and sampling.
                 yield Input(str(DEFAULT_MAX_TOKENS), id="max-tokens", type="integer", compact=True)
 
     def _template_options(self) -> list[tuple[str, str]]:
-        options = [("chat (model's template, with history)", "chat")]
+        options = [("chat (with history)", "chat")]
         for name in self.app.backend.templates():
             if name != "chat":
-                options += [(f"{name} ({lang}, single turn)", f"{name}:{lang}") for lang in LANGS]
+                options += [(f"{name} {lang} (one turn)", f"{name}:{lang}") for lang in LANGS]
         return options
 
     def on_mount(self) -> None:
@@ -85,8 +85,9 @@ alpaca prompt) and sampling.
         for selector in self.PANES:
             self.query_one(selector, ChatPane).set_artifacts(options)
         pane = self.query_one("#pane-a", ChatPane)
-        if pane.chosen is None and options:
-            pane.choose(options[0][1])
+        models = [str(a.info.path) for a in artifacts if a.runnable and a.info.kind != "adapter"]
+        if pane.chosen is None and (models or options):
+            pane.choose((models or [options[0][1]])[0])
         self._update_status()
         super().artifacts_changed(artifacts)
 

@@ -81,7 +81,7 @@ class AccuracyBars(Widget):
                     is_ref = c.artifact == data.reference
                     line = Text(_fit(c.artifact, name_w) + " ")
                     bar, track = hbar(c.accuracy, bar_w)
-                    line.append(bar, styles["bars--ref" if is_ref else "bars--bar"])
+                    line.append(bar, styles["bars--track"] + styles["bars--ref" if is_ref else "bars--bar"])
                     line.append(track, styles["bars--track"])
                     line.append(f" {100 * c.accuracy:5.1f}")
                     if not is_ref and c.loss_points is not None:

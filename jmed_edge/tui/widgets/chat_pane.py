@@ -7,6 +7,7 @@ while the model works. Stopping cancels the turn after the current token, on a t
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,12 +30,10 @@ class ChatSettings:
     params: SamplingParams
 
 
-def stats_line(stats: GenerationStats, *, done: bool) -> str:
+def stats_line(stats: GenerationStats, finish: str = "") -> str:
+    """'42 tokens · 31.5 tok/s · stop': the runtime's own counts and decode speed."""
     rate = f"{stats.decode_tokens_per_second:.1f} tok/s" if stats.decode_seconds else "… tok/s"
-    line = f"{stats.completion_tokens} tokens · {rate}"
-    if done and stats.finish_reason:
-        line += f" · {stats.finish_reason}"
-    return line
+    return f"{stats.completion_tokens} tokens · {rate}" + (f" · {finish}" if finish else "")
 
 
 class ChatPane(Vertical):
@@ -68,7 +67,6 @@ class ChatPane(Vertical):
             self.chooser.set_options(options)
             if current in self.labels:
                 self.chooser.value = current
-        self.border_title = self.labels.get(str(self.chooser.value), "")
 
     def choose(self, path: str) -> None:
         self.chooser.value = path
@@ -80,7 +78,6 @@ class ChatPane(Vertical):
 
     def on_select_changed(self, event: Select.Changed) -> None:
         event.stop()
-        self.border_title = self.labels.get(str(event.value), "")
         self.border_subtitle = ""
 
     # --- messages -------------------------------------------------------------------------
@@ -129,13 +126,16 @@ class ChatPane(Vertical):
             self.session.params = settings.params
             turn = self._start_turn(text, settings)
             self.turn = turn
-            pieces: list[str] = []
-            for piece in turn:
-                pieces.append(piece)
-                app.from_worker(self._show_piece, reply, "".join(pieces), stats_line(turn.stats, done=False))
+            shown = 0.0
+            for _ in turn:
+                # At most ~20 redraws a second however fast the model writes, so keys stay snappy.
+                if time.monotonic() - shown >= REDRAW_SECONDS:
+                    shown = time.monotonic()
+                    app.from_worker(self._show_piece, reply, turn.answer, stats_line(turn.stats))
             if settings.template == "chat":
                 self.session.commit(turn)
-            app.from_worker(self._show_piece, reply, turn.answer, stats_line(turn.stats, done=True))
+            finish = "stopped" if turn.cancelled else turn.stats.finish_reason
+            app.from_worker(self._show_piece, reply, turn.answer, stats_line(turn.stats, finish))
         except Exception as exc:
             app.from_worker(app.show_error, exc)
             app.from_worker(self._set_subtitle, "error")

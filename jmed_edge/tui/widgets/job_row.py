@@ -14,7 +14,6 @@ class JobRow(Vertical):
         super().__init__(id=id, classes="job -waiting")
         self.title = title
         self.state = "waiting"
-        self.total = 0
 
     def compose(self) -> ComposeResult:
         yield Static(self.title, classes="job-title")
@@ -22,7 +21,6 @@ class JobRow(Vertical):
         yield Static("waiting", classes="job-stats")
 
     def set_progress(self, done: int, total: int, stats: str) -> None:
-        self.total = total
         bar = self.query_one(ProgressBar)
         bar.update(total=max(total, 1), progress=done)
         self.query_one(".job-stats", Static).update(stats)

@@ -1,0 +1,57 @@
+"""The embedded default model (SmolLM2-135M-Instruct) -> F16, Q8_0, Q4_K_M, verified (~2-4 min)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jmed_edge.convert.llamacpp_tools import tools_status
+from jmed_edge.manifest import read_manifest
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not tools_status()[0], reason="llama.cpp converter not set up (jmed-edge setup)"),
+]
+
+
+@pytest.fixture(scope="module")
+def converted(default_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, Path]:
+    from jmed_edge.cli import main
+
+    out = tmp_path_factory.mktemp("gguf") / "default"
+    code = main(["convert", "default", "--to", "gguf", "--quant", "q8_0,q4_k_m", "--out", str(out)])
+    return code, "", out
+
+
+def test_default_model_converts_and_verifies(converted) -> None:
+    code, _, out = converted
+    assert code == 0
+    for name in ("F16", "Q8_0", "Q4_K_M"):
+        manifest = read_manifest(out / name)
+        assert manifest.verification["passed"] is True, manifest.verification
+        assert manifest.details["pre_tokenizer"] == "smollm"  # recognised by llama.cpp's hash table
+        assert manifest.details["pre_tokenizer_source"] == "llama.cpp hash lookup" or name != "F16"
+
+
+def test_japanese_tokenizer_and_logits_match(converted) -> None:
+    _, _, out = converted
+    checks = {c["name"]: c for c in read_manifest(out / "F16").verification["checks"]}
+    tokenizer = checks["tokenizer parity"]
+    assert tokenizer["passed"] and tokenizer["matching"] == tokenizer["probes"]
+    assert checks["chat template"]["passed"] and checks["chat template"]["bos_id"] == 1
+    logits = checks["logit parity"]
+    assert logits["passed"] and logits["kl_mean"] < 1e-4 and logits["top1"] > 0.97
+
+
+def test_quantization_loss_grows_as_bits_shrink(converted) -> None:
+    _, _, out = converted
+    loss = {}
+    for name in ("Q8_0", "Q4_K_M"):
+        check = next(c for c in read_manifest(out / name).verification["checks"] if c.get("kl"))
+        loss[name] = check["kl"]
+        for lang in ("ja", "en"):
+            assert check["kl"][lang]["positions"] >= 200
+    for lang in ("ja", "en"):
+        assert loss["Q8_0"][lang]["kl_mean"] < loss["Q4_K_M"][lang]["kl_mean"]
+        assert loss["Q8_0"][lang]["top1"] > 0.85
