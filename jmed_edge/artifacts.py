@@ -33,15 +33,53 @@ class ArtifactInfo:
         return self.path if self.path.is_dir() else self.path.parent
 
 
-def _gguf_general_type(path: Path) -> str:
-    """'model' or 'adapter', read from the GGUF header without loading tensors."""
-    try:
-        from gguf import GGUFReader
+# GGUF metadata value types (gguf-py's GGUFValueType) -> struct format; 8 = string, 9 = array.
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 
-        field = GGUFReader(path).get_field("general.type")
-        if field is not None:
-            return bytes(field.parts[field.data[0]]).decode()
-    except Exception as exc:
+
+def _gguf_general_type(path: Path) -> str:
+    """'model' or 'adapter' from the GGUF header's ``general.type``.
+
+    Reads key/value pairs only until that key, skipping values; gguf-py's GGUFReader would parse
+    the whole file (seconds for a 150k-token vocabulary) to answer the same question.
+    """
+    import struct
+
+    def read(fmt: str):
+        size = struct.calcsize("<" + fmt)
+        chunk = fh.read(size)
+        if len(chunk) != size:
+            raise EOFError
+        return struct.unpack("<" + fmt, chunk)[0]
+
+    def skip_value(vtype: int) -> None:
+        if vtype == 8:
+            fh.seek(read("Q"), 1)
+        elif vtype == 9:
+            item, count = read("I"), read("Q")
+            if item in _GGUF_SCALARS:
+                fh.seek(struct.calcsize("<" + _GGUF_SCALARS[item]) * count, 1)
+            else:
+                for _ in range(count):
+                    skip_value(item)
+        elif vtype in _GGUF_SCALARS:
+            fh.seek(struct.calcsize("<" + _GGUF_SCALARS[vtype]), 1)
+        else:
+            raise ValueError(f"unknown GGUF value type {vtype}")
+
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"GGUF":
+                raise ValueError("bad magic")
+            read("I")  # version
+            read("Q")  # tensor count
+            for _ in range(read("Q")):
+                key = fh.read(read("Q")).decode("utf-8", errors="replace")
+                vtype = read("I")
+                if key == "general.type" and vtype == 8:
+                    return fh.read(read("Q")).decode("utf-8", errors="replace")
+                skip_value(vtype)
+    except (EOFError, ValueError, OSError) as exc:
         raise ArtifactError(f"{path} is not a readable GGUF file ({type(exc).__name__}); re-convert it") from exc
     return "model"
 

@@ -51,6 +51,12 @@ STAGES = (
           "jmed-edge run recipes/demo.yaml --out runs/demo"),
     Stage("demo", "jmed_edge.pipeline.demo_cli", "run the shipped demo recipe on the embedded default model, offline",
           "jmed-edge demo"),
+    Stage("chat", "jmed_edge.chat.cli", "streaming terminal chat with any artifact (GGUF, ONNX, Hugging Face)",
+          "jmed-edge chat runs/demo/gguf/Q4_K_M --prompt '高血圧の第一選択薬は?'"),
+    Stage("serve", "jmed_edge.serve.cli", "local OpenAI-compatible server, loopback-only unless an API key is set",
+          "jmed-edge serve runs/demo/gguf/Q4_K_M --port 8000"),
+    Stage("tui", "jmed_edge.tui.cli", "terminal UI: artifacts, chat, benchmark runs with progress, reports",
+          "jmed-edge tui --root runs"),
     Stage("recipes", "jmed_edge.recipes_cli", "list shipped recipes or copy one to edit",
           "jmed-edge recipes cp demo my-recipe.yaml"),
 )  # fmt: skip
@@ -103,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     selected = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(selected if selected in names else None)
     try:
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help, --version, or a usage error already printed by argparse
+            return int(exc.code or 0)
         if args.stage is None:
             parser.print_help()
             return 0

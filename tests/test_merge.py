@@ -20,7 +20,9 @@ def _train(folder: Path, base: Path, steps: int = 8, **model: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rows = [{"instruction": "高血圧の治療は?", "output": "降圧薬と減塩です。"},
             {"instruction": "What lowers blood sugar?", "output": "Insulin and metformin."}] * 8  # fmt: skip
-    (folder / "data.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    (folder / "data.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+    )
     recipe = {
         "model": {"path": str(base), **model},
         "data": {"files": ["data.jsonl"], "template": "medpalm"},
@@ -66,9 +68,13 @@ def test_merged_model_matches_peft_model_independently(merged, adapter, tiny_lla
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    batch = AutoTokenizer.from_pretrained(merged)(["アスピリン100 mgを内服。", "Metformin 500 mg"], return_tensors="pt", padding=True)
+    batch = AutoTokenizer.from_pretrained(merged)(
+        ["アスピリン100 mgを内服。", "Metformin 500 mg"], return_tensors="pt", padding=True
+    )
     with torch.no_grad():
-        expected = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), adapter)(**batch).logits
+        expected = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), adapter)(
+            **batch
+        ).logits
         got = AutoModelForCausalLM.from_pretrained(merged)(**batch).logits
     assert torch.allclose(got, expected, atol=1e-4)
 
@@ -94,13 +100,15 @@ def test_corrupted_merge_fails_and_writes_nothing(adapter, tmp_path, monkeypatch
         return model
 
     monkeypatch.setattr(merge_module, "fold_adapter", corrupt)
-    with pytest.raises(VerificationError, match="does not reproduce base \\+ adapter: max \\|logit difference\\|"):
+    with pytest.raises(
+        VerificationError, match="does not reproduce base \\+ adapter: max \\|logit difference\\|"
+    ):
         merge_adapter(adapter, tmp_path / "bad")
     assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad*"))
 
 
 def test_base_of_another_architecture_is_refused(adapter, tiny_qwen2, tmp_path):
-    with pytest.raises(ModelError, match="trained on another model.*model_type llama vs qwen2"):
+    with pytest.raises(ModelError, match=r"trained on another model.*model_type llama vs qwen2"):
         merge_adapter(adapter, tmp_path / "x", base=tiny_qwen2)
     assert not (tmp_path / "x").exists()
 
@@ -114,7 +122,7 @@ def test_base_of_another_hidden_size_is_refused_even_without_a_manifest(adapter,
     bare = tmp_path / "bare-adapter"  # a plain peft adapter: only the weight shapes can tell
     shutil.copytree(adapter, bare)
     (bare / MANIFEST_NAME).unlink()
-    with pytest.raises(ModelError, match="does not fit this base: .*q_proj takes 128 inputs, the adapter 64"):
+    with pytest.raises(ModelError, match=r"does not fit this base: .*takes 128 inputs, the adapter 64"):
         merge_adapter(bare, tmp_path / "x", base=wide)
     assert not (tmp_path / "x").exists()
 
@@ -130,7 +138,7 @@ def test_base_defaults_to_adapter_config_for_a_bare_peft_adapter(adapter, tiny_l
     assert read_manifest(out).details["base"]["path"] == str(tiny_llama.resolve())
     config["base_model_name_or_path"] = "some-org/some-hub-model"
     (bare / "adapter_config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelError, match="cannot find the base model.*pass --base"):
+    with pytest.raises(ModelError, match=r"cannot find the base model.*pass --base"):
         merge_adapter(bare, tmp_path / "m2")
 
 

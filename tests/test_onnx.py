@@ -31,7 +31,9 @@ PRECISIONS = ("fp32", "int8", "int4")
 
 
 def _no_artifacts(out: Path) -> bool:
-    return not out.exists() or not [p for p in out.iterdir() if p.is_dir() and p.name.startswith(("onnx-", ".onnx-"))]
+    return not out.exists() or not [
+        p for p in out.iterdir() if p.is_dir() and p.name.startswith(("onnx-", ".onnx-"))
+    ]
 
 
 # --- options: rejected before anything is built ------------------------------------------------
@@ -82,6 +84,27 @@ def test_named_settings_become_builder_options() -> None:
         OnnxOptions(lm_head="int8"), "int4"
     )
     assert builder_extra_options(options, "fp32") == ["hf_token=false"]  # quantization settings do not apply
+
+
+def test_every_shipped_preset_is_valid() -> None:
+    import argparse
+
+    from jmed_edge.convert.onnx.cli import add_onnx_arguments, request_from_args
+    from jmed_edge.resources import shipped
+
+    presets = sorted(shipped("convert/onnx").glob("*.yaml"))
+    assert {p.stem for p in presets} >= {"cpu-int4", "cpu-int4-quality", "cpu-int8"}
+    parser = argparse.ArgumentParser()
+    add_onnx_arguments(parser)
+    for preset in presets:
+        request = request_from_args(parser.parse_args(["--onnx-preset", preset.stem]))
+        precisions = tuple(request["precisions"].split(","))
+        for tied in (False, True):
+            check_request(OnnxOptions.from_dict(request["options"]), precisions, request["target"], tied)
+    flags = parser.parse_args(["--onnx-preset", "cpu-int4", "--onnx-option", "block_size=64"])
+    assert request_from_args(flags)["options"]["block_size"] == 64  # a flag overrides the preset
+    with pytest.raises(ConfigError, match='did you mean "cpu-int4-quality"'):
+        request_from_args(parser.parse_args(["--onnx-preset", "cpu-int4-qualty"]))
 
 
 def test_target_the_machine_cannot_run_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
@@ -135,6 +158,32 @@ def test_cli_entry_prints_one_line(tmp_path: Path, capsys) -> None:
     code = main([str(tmp_path / "missing"), "--out", str(tmp_path / "out"), "--onnx-option", "block_size=48"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error:") and "does not exist" in err and "\n" not in err
+
+
+def test_a_killed_builder_is_reported_with_the_precision(
+    tiny_llama: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from jmed_edge.convert.onnx.exporters import BuildJob
+    from jmed_edge.convert.onnx.genai_builder import GenAIBuilderExporter
+    from jmed_edge.convert.onnx.source import load_source
+
+    # A stand-in worker that finishes int8, starts int4 and is killed as the OOM killer would.
+    (tmp_path / "fake_worker.py").write_text(
+        "import os, signal\n"
+        "print('@@jmed start int8', flush=True)\nprint('@@jmed done int8 1.0 1000', flush=True)\n"
+        "print('@@jmed start int4', flush=True)\nos.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    exporter = GenAIBuilderExporter()
+    exporter.worker = "fake_worker"
+    jobs = [BuildJob(p, tmp_path / p, OnnxOptions()) for p in ("int8", "int4")]
+    outcomes = exporter.build(load_source(tiny_llama), jobs, "cpu", workdir=tmp_path, log_path=tmp_path / "log",
+                              progress=False)  # fmt: skip
+    assert outcomes[0].ok and not outcomes[1].ok
+    assert (
+        "killed by SIGKILL (out of memory?" in outcomes[1].error
+        and "while building int4" in outcomes[1].error
+    )
 
 
 # --- exports of real (tiny and default) models -----------------------------------------------
@@ -322,3 +371,16 @@ def test_corrupt_model_file_is_a_clear_error(int4_copy: Path) -> None:
     model.write_bytes(model.read_bytes()[:3000])
     with pytest.raises(ModelError, match=r"model\.onnx is not a valid ONNX model"):
         open_runtime(int4_copy)
+
+
+@pytest.mark.slow
+def test_unavailable_provider_is_a_clear_error(onnx_llama: dict[str, Path]) -> None:
+    import onnxruntime_genai as og
+
+    with pytest.raises(DependencyError, match="dml execution provider is not available"):
+        open_runtime(onnx_llama["int4"], provider="dml")
+    if not og.is_cuda_available():
+        with pytest.raises(DependencyError, match="onnxruntime-genai-cuda"):
+            open_runtime(onnx_llama["int4"], device="cuda")
+    with pytest.raises(ConfigError, match="unknown ONNX provider"):
+        open_runtime(onnx_llama["int4"], provider="tpu")

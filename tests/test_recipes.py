@@ -91,25 +91,31 @@ def test_accelerate_configs(name):
 
 def test_other_stages_sections_are_left_alone_but_typos_are_not():
     demo = load_recipe("demo").model_dump(include=set(SECTIONS))
-    validate_recipe({**demo, "convert": {"gguf": {"quants": ["q8_0"]}}, "bench": {}, "report": {"anything": 1}})
+    validate_recipe(
+        {**demo, "convert": {"gguf": {"quants": ["q8_0"]}}, "bench": {}, "report": {"anything": 1}}
+    )
     with pytest.raises(ConfigError, match='lorra: unknown section \\(did you mean "lora"\\?\\)'):
         validate_recipe({**demo, "lorra": {"r": 4}})
 
 
 def test_all_problems_are_reported_at_once():
     with pytest.raises(ConfigError) as err:
-        load_recipe("demo", ["lora.rank=4", "train.lr=-1", "train.precision=f16", "data.files=[missing.jsonl]"])
+        load_recipe(
+            "demo", ["lora.rank=4", "train.lr=-1", "train.precision=f16", "data.files=[missing.jsonl]"]
+        )
     message = str(err.value)
     assert message.count(";") >= 3 and "has 4 problems" in message
     assert 'lora.rank: unknown key (did you mean "r"?)' in message
     assert "train.lr: Input should be greater than 0" in message
-    assert 'train.precision: expected' in message and 'did you mean "fp16"' in message
+    assert "train.precision: expected" in message and 'did you mean "fp16"' in message
     assert "data.files[0]:" in message and "missing.jsonl not found" in message
     assert "\n" not in message
 
 
 def test_overrides_are_read_as_yaml():
-    recipe = load_recipe("demo", ["lora.target_modules=[q_proj, v_proj]", "train.max_steps=5", "data.eval_split=0"])
+    recipe = load_recipe(
+        "demo", ["lora.target_modules=[q_proj, v_proj]", "train.max_steps=5", "data.eval_split=0"]
+    )
     assert recipe.lora.target_modules == ["q_proj", "v_proj"] and recipe.train.max_steps == 5
     with pytest.raises(ConfigError, match="--set takes key=value"):
         load_recipe("demo", ["train.max_steps"])
@@ -119,7 +125,10 @@ def test_copied_shipped_recipe_still_finds_bundled_data(tmp_path):
     copy = tmp_path / "mine.yaml"
     copy.write_text(shipped_recipes()["demo"].read_text(encoding="utf-8"), encoding="utf-8")
     recipe = load_recipe(copy)
-    assert not recipe.shipped and recipe.data_files()[0][0] == shipped("recipes/data/medical_instruct_sample.jsonl").resolve()
+    assert (
+        not recipe.shipped
+        and recipe.data_files()[0][0] == shipped("recipes/data/medical_instruct_sample.jsonl").resolve()
+    )
     (tmp_path / "recipes" / "data").mkdir(parents=True)
     own = tmp_path / "recipes" / "data" / "medical_instruct_sample.jsonl"
     own.write_text('{"instruction": "a", "output": "b"}\n', encoding="utf-8")

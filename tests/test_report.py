@@ -117,3 +117,24 @@ def test_report_cli(runs: Path, tmp_path: Path, run_cli):
     assert (tmp_path / "r" / "report.html").exists()
     code, _, err = run_cli("report", tmp_path / "nothing", "--reference", "x", "--out", tmp_path / "r2")
     assert code == 2 and "does not exist" in err
+
+
+def test_pipeline_sections_validate_with_did_you_mean(tmp_path: Path):
+    from jmed_edge.pipeline.recipe import load_sections
+
+    path = tmp_path / "r.yaml"
+    path.write_text("model: {path: default}\nreprot: {budget: 8GB}\nbench: {benchmarks: [jmed-sample], lmit: 3}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_sections(path)
+    message = str(exc.value)
+    assert 'unknown section reprot (did you mean "report"?)' in message
+    assert 'bench.lmit (did you mean "limit"?)' in message
+    ok = _write(tmp_path / "ok.yaml", "bench: {limit: 3}\nconvert: {gguf: {quants: [q8_0]}}\n")
+    sections = load_sections(ok, ["report.budget=8GB"])
+    assert sections.bench.limit == 3 and sections.report.budget == "8GB"
+    assert sections.convert.gguf.quants == ["q8_0"]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

@@ -6,9 +6,6 @@ The reference pair is the embedded default model as a Hugging Face folder and it
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,27 +27,10 @@ MCQ = (
 
 
 def convert_f16(model_dir: Path, out: Path) -> Path:
-    """F16 GGUF of an HF folder through the convert stage, or llama.cpp's converter directly."""
-    try:
-        from jmed_edge.convert.gguf import convert_to_gguf
-    except ImportError:
-        convert_to_gguf = None
-    if convert_to_gguf is not None:
-        result = convert_to_gguf(model_dir, out, outtype="f16")
-        path = Path(getattr(result, "path", result))
-        return path if path.suffix == ".gguf" else next(path.glob("*.gguf"))
-    from jmed_edge.convert.llamacpp_tools import require_converter
+    """F16 GGUF artifact folder of an HF folder, through the convert stage (no quant types)."""
+    from jmed_edge.convert.gguf import convert_to_gguf
 
-    converter = require_converter()
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / "model-F16.gguf"
-    env = dict(os.environ, PYTHONPATH=str(converter / "gguf-py"))
-    subprocess.run(
-        [sys.executable, str(converter / "convert_hf_to_gguf.py"), str(model_dir), "--outtype", "f16",
-         "--outfile", str(target)],
-        check=True, env=env, capture_output=True,
-    )  # fmt: skip
-    return target
+    return convert_to_gguf(model_dir, out, quants=(), verify=False)["F16"]
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +141,9 @@ def test_stop_matcher_holds_back_partial_stops() -> None:
 
 
 def test_missing_runtime_library_is_one_clear_line(tiny_llama: Path, monkeypatch) -> None:
-    monkeypatch.setitem(RUNTIMES._entries, "hf", type(RUNTIMES._entries["hf"])("hf", "no_such_module_xyz:Runtime"))
+    monkeypatch.setitem(
+        RUNTIMES._entries, "hf", type(RUNTIMES._entries["hf"])("hf", "no_such_module_xyz:Runtime")
+    )
     monkeypatch.delitem(RUNTIMES._loaded, "hf", raising=False)
     with pytest.raises(DependencyError, match="not installed"):
         open_runtime(tiny_llama)

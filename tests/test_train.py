@@ -12,13 +12,24 @@ import pytest
 
 from jmed_edge.errors import ArtifactError, ConfigError, ModelError
 from jmed_edge.manifest import parent_record, read_manifest
-from jmed_edge.train import TrainingInterrupted, adapter_matches, checkpoints_dir, load_recipe, recipe_fingerprint, run_training
+from jmed_edge.train import (
+    TrainingInterrupted,
+    adapter_matches,
+    checkpoints_dir,
+    load_recipe,
+    recipe_fingerprint,
+    run_training,
+)
 
 RECORDS = [
     ("高血圧の治療について説明してください。", "", "生活習慣の改善と降圧薬による治療を行います。"),
     ("What is the first-line drug for type 2 diabetes?", "", "Metformin, with diet and exercise."),
     ("次の症状から考えられる疾患は?", "発熱、咳嗽、呼吸困難", "市中肺炎が考えられます。"),
-    ("How is hypoglycemia treated?", "Patient on insulin, sweating.", "Give glucose and recheck in 15 minutes."),
+    (
+        "How is hypoglycemia treated?",
+        "Patient on insulin, sweating.",
+        "Give glucose and recheck in 15 minutes.",
+    ),
     ("アスピリンの主な副作用は?", "", "消化管出血です。"),
     ("What does eGFR measure?", "", "Kidney filtration."),
 ]
@@ -29,7 +40,12 @@ def _write_recipe(folder: Path, base: Path, **sections: dict) -> Path:
     with open(folder / "data.jsonl", "w", encoding="utf-8") as fh:
         for i in range(48):
             ins, inp, out = RECORDS[i % len(RECORDS)]
-            fh.write(json.dumps({"instruction": ins, "input": inp, "output": out * (1 + i % 3)}, ensure_ascii=False) + "\n")
+            fh.write(
+                json.dumps(
+                    {"instruction": ins, "input": inp, "output": out * (1 + i % 3)}, ensure_ascii=False
+                )
+                + "\n"
+            )
     recipe = {
         "model": {"path": str(base)},
         "data": {"files": ["data.jsonl"], "template": "medpalm"},
@@ -157,7 +173,11 @@ def test_resume_continues_at_the_same_step_with_the_same_data(tmp_path, tiny_lla
     assert manifest.details["complete"] and manifest.details["steps"] == 6
 
     def losses(folder):
-        return {e["step"]: e["loss"] for e in json.loads((folder / "training_log.json").read_text()) if "loss" in e}
+        return {
+            e["step"]: e["loss"]
+            for e in json.loads((folder / "training_log.json").read_text())
+            if "loss" in e
+        }
 
     resumed, full = losses(out), losses(reference)
     assert set(resumed) >= {5, 6}
@@ -173,7 +193,7 @@ def test_existing_output_needs_force(trained):
 
 def test_missing_base_fails_before_writing(tmp_path):
     recipe = _write_recipe(tmp_path, tmp_path / "no-such-model")
-    with pytest.raises(ModelError, match="no-such-model not found; set model.path"):
+    with pytest.raises(ModelError, match=r"no-such-model not found; set model\.path"):
         run_training(recipe, out=tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists() and not checkpoints_dir(tmp_path / "out").exists()
 
@@ -206,7 +226,15 @@ def test_qlora_nf4_trains_on_cpu(tmp_path, tiny_llama):
     adapter = run_training(recipe, out=tmp_path / "adapter", progress=False)
     manifest = read_manifest(adapter)
     assert manifest.details["quantization"] == "nf4" and manifest.details["complete"]
-    assert manifest.details["target_modules"] == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    assert manifest.details["target_modules"] == [
+        "down_proj",
+        "gate_proj",
+        "k_proj",
+        "o_proj",
+        "q_proj",
+        "up_proj",
+        "v_proj",
+    ]
     losses = [e["loss"] for e in json.loads((adapter / "training_log.json").read_text()) if "loss" in e]
     assert len(losses) == 4 and all(loss == loss for loss in losses)  # finite, no NaN
 
@@ -221,7 +249,9 @@ def test_cli_trains_and_reports(tmp_path, tiny_llama, run_cli):
 
 def test_cli_bad_recipe_key_is_one_line_with_suggestion(tmp_path, tiny_llama, run_cli):
     recipe = _write_recipe(tmp_path, tiny_llama)
-    code, _, err = run_cli("train", recipe, "--set", "lora.rank=4", "--set", "train.learning_rate=1", "--out", tmp_path / "x")
+    code, _, err = run_cli(
+        "train", recipe, "--set", "lora.rank=4", "--set", "train.learning_rate=1", "--out", tmp_path / "x"
+    )
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert 'lora.rank: unknown key (did you mean "r"?)' in err and 'did you mean "lr"' in err
     assert not (tmp_path / "x").exists()

@@ -47,7 +47,9 @@ def _recipe(tmp_path: Path, files: list, **data) -> object:
 
 
 def _trained_text(tokens, tokenizer) -> str:
-    return tokenizer.decode([t for t, label in zip(tokens["input_ids"], tokens["labels"], strict=True) if label != IGNORE])
+    return tokenizer.decode(
+        [t for t, label in zip(tokens["input_ids"], tokens["labels"], strict=True) if label != IGNORE]
+    )
 
 
 @pytest.mark.parametrize("template", ["alpaca", "medpalm"])
@@ -87,7 +89,9 @@ def test_chat_messages_train_on_assistant_turns_only(qwen_tok):
 def test_single_turn_chat_prompt_is_the_benchmark_prompt(llama_tok):
     example = Example("Explain eGFR.", "", "Kidney filtration.")
     segments = segments_for(Item("x:1", example=example, lang="en"), "chat", llama_tok, "Be brief.")
-    assert segments[0].text == get_template("chat").render(example, "en", tokenizer=llama_tok, system="Be brief.")
+    assert segments[0].text == get_template("chat").render(
+        example, "en", tokenizer=llama_tok, system="Be brief."
+    )
     assert segments[1].text == "Kidney filtration.<|eot_id|>" and segments[1].train
 
 
@@ -124,7 +128,10 @@ def test_igakuqa_questions_become_instruction_pairs(tmp_path):
     options = {"lang": "auto", "mcq": {"languages": ["ja", "en"], "answer_text": True, "text_only": True}}
     items = list(read_igakuqa(folder, options))
     assert [(i.lang, i.example.output.splitlines()[0]) for i in items] == [
-        ("ja", "b"), ("en", "b"), ("ja", "a,d"), ("en", "a,d")
+        ("ja", "b"),
+        ("en", "b"),
+        ("ja", "a,d"),
+        ("en", "a,d"),
     ]  # the image question (text_only: false) and the metadata file are skipped
     ja, en = items[0].example, items[1].example
     assert "CHADS2スコア" in ja.input and "b. CHADS2スコア" in ja.input and ja.output == "b\nb. CHADS2スコア"
@@ -144,10 +151,17 @@ def test_bundled_igakuqa_sample_loads(llama_tok):
 
     folder = shipped("benchmarks/data/jmed-sample")
     recipe = validate_recipe(
-        {"data": {"files": [str(folder)], "format": "igakuqa", "template": "medpalm",
-                  "mcq": {"languages": ["ja", "en"]}}, "train": {"max_length": 512}}  # fmt: skip
+        {
+            "data": {
+                "files": [str(folder)],
+                "format": "igakuqa",
+                "template": "medpalm",
+                "mcq": {"languages": ["ja", "en"]},
+            },
+            "train": {"max_length": 512},
+        }
     )
-    examples, stats = load_examples(recipe, llama_tok)
+    _, stats = load_examples(recipe, llama_tok)
     assert stats.examples + stats.dropped >= 2 * 48
 
 
@@ -173,7 +187,7 @@ def test_bad_chat_and_bad_json_name_the_line(tmp_path, qwen_tok):
 
 def test_empty_data_set_is_a_clear_error(tmp_path, llama_tok):
     (tmp_path / "empty.jsonl").write_text("\n\n", encoding="utf-8")
-    with pytest.raises(DataError, match="empty.jsonl holds no alpaca records; the data set is empty"):
+    with pytest.raises(DataError, match=r"empty\.jsonl holds no alpaca records; the data set is empty"):
         load_examples(_recipe(tmp_path, ["empty.jsonl"]), llama_tok)
 
 

@@ -35,9 +35,12 @@ def drive(
 
 
 async def settle(pilot: Pilot) -> None:
-    """Wait for the workers, then for the UI updates they posted to be drawn."""
-    await pilot.app.workers.wait_for_complete()
-    await pilot.pause(0.05)
+    """Wait for the workers, then for the UI updates they posted (queued before a marker), drawn."""
+    app = pilot.app
+    await app.workers.wait_for_complete()
+    handled = asyncio.Event()
+    app.from_worker(handled.set)
+    await asyncio.wait_for(handled.wait(), 10)
     await pilot.pause()
 
 

@@ -8,6 +8,7 @@ by ``run_benchmark`` from scripted scores.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 
@@ -39,15 +40,27 @@ async def ready(pilot: Pilot) -> None:
 
 
 async def settle(pilot: Pilot) -> None:
-    await pilot.app.workers.wait_for_complete()
-    await pilot.pause(0.05)
+    """Wait for the workers, then for the UI updates they posted (queued before a marker), drawn."""
+    app = pilot.app
+    await app.workers.wait_for_complete()
+    handled = asyncio.Event()
+    app.from_worker(handled.set)
+    await asyncio.wait_for(handled.wait(), 10)
     await pilot.pause()
+
+
+def steady(app: JmedEdgeApp) -> None:
+    """Stop the cursors of the screen's text fields blinking (a blink is the one thing that
+    would differ between two screenshots); call before typing, so that the text is redrawn."""
+    for field in app.screen.query("TextArea, Input"):
+        field.cursor_blink = False
 
 
 def test_artifacts(snap_compare, runs: Path):
     async def run_before(pilot: Pilot) -> None:
         await ready(pilot)
         await pilot.press("down", "down")
+        await settle(pilot)
 
     assert snap_compare(JmedEdgeApp(runs, ScriptedBackend()), run_before=run_before)
 
@@ -62,11 +75,13 @@ def test_chat_japanese(snap_compare, runs: Path):
         await ready(pilot)
         app = pilot.app
         await pilot.press("2")
+        steady(app)
         app.screen.query_one("#pane-a", ChatPane).choose(key(app, "medllm-F16"))
         app.screen.query_one("#prompt", TextArea).text = "高血圧の第一選択薬は何ですか？"
         await pilot.press("ctrl+s")
         await settle(pilot)
         app.screen.query_one("#prompt", TextArea).text = "副作用も教えてください。"
+        await settle(pilot)
 
     assert snap_compare(JmedEdgeApp(runs, ScriptedBackend()), run_before=run_before)
 
@@ -76,6 +91,7 @@ def test_chat_side_by_side(snap_compare, runs: Path):
         await ready(pilot)
         app = pilot.app
         await pilot.press("2", "ctrl+t")
+        steady(app)
         app.screen.query_one("#pane-a", ChatPane).choose(key(app, "medllm-F16"))
         app.screen.query_one("#pane-b", ChatPane).choose(key(app, "medllm-Q4_K_M"))
         app.screen.query_one("#prompt", TextArea).text = "高血圧の第一選択薬は？"
@@ -90,6 +106,7 @@ def test_chat_settings(snap_compare, runs: Path):
         await ready(pilot)
         app = pilot.app
         await pilot.press("2", "ctrl+o")
+        steady(app)
         app.screen.query_one(
             "#system", TextArea
         ).text = "あなたは日本の医療専門職を支援するアシスタントです。"
@@ -111,6 +128,7 @@ def test_bench_done_and_cancelled(snap_compare, runs: Path):
         await ready(pilot)
         app = pilot.app
         await pilot.press("3")
+        steady(app)
         chooser = app.screen.query_one("#bench-artifacts", SelectionList)
         for name in ("medllm-F16", "medllm-Q4_K_M"):
             chooser.select(key(app, name))
@@ -127,6 +145,7 @@ def _report_before(tab: str):
         app = pilot.app
         await pilot.press("4")
         await settle(pilot)
+        steady(app)
         screen = app.screen
         screen.query_one("#report-reference", Select).value = "medllm-F16"
         screen.query_one("#kl", Checkbox).value = False
@@ -153,6 +172,7 @@ def test_help(snap_compare, runs: Path):
     async def run_before(pilot: Pilot) -> None:
         await ready(pilot)
         await pilot.press("2", "f1")
+        await settle(pilot)
 
     assert snap_compare(JmedEdgeApp(runs, ScriptedBackend()), run_before=run_before)
 

@@ -7,8 +7,10 @@ GGUF's own chat template), greedy decoding, ``n_threads=1`` everywhere, and the 
 every path: tokens/s = (completion tokens - 1) / (time of the last piece - time of the first),
 measured where the text arrives (the terminal writer, the HTTP client, the raw iterator).
 The three paths take turns for ``--repeats`` rounds and the best round of each counts, which
-is what survives a shared, noisy CPU. The ratios chat/raw and serve/raw are the result
-(goal: at least 0.95); the three answers must also be identical, or the comparison is void.
+is what survives a shared, noisy CPU. Tokens per CPU-second of the whole process are shown
+beside wall-clock tokens/s: on a loaded machine they are the steadier of the two. The ratios
+chat/raw and serve/raw are the result (goal: at least 0.95); the first answers of the three
+paths must be identical and every run as long as the others, or the comparison is void.
 """
 
 from __future__ import annotations
@@ -155,17 +157,20 @@ def main(argv: list[str] | None = None) -> int:
     settings = ServeSettings(model_name="bench", max_tokens_limit=args.tokens)
     best: dict[str, Run] = {}
     best_cpu: dict[str, Run] = {}
-    texts: dict[str, set[str]] = {}
+    first_texts: dict[str, str] = {}
+    counts: set[int] = set()
     try:
         with (
             BackgroundServer(create_app([serve_runtime], settings)) as server,
             httpx.Client(timeout=600) as http,
         ):
             url = server.base_url + "/v1/chat/completions"
-            for _ in range(args.repeats):
+            for round_ in range(args.repeats):
                 for run in (raw_llama(llm, prompt, args.tokens), chat_path(chat_runtime, QUESTION, args.tokens),
                             serve_path(http, url, QUESTION, args.tokens)):  # fmt: skip
-                    texts.setdefault(run.path, set()).add(run.text)
+                    if round_ == 0:  # every path starts from an empty KV cache: answers must agree
+                        first_texts[run.path] = run.text
+                    counts.add(run.tokens)
                     if run.path not in best or run.tokens_per_second > best[run.path].tokens_per_second:
                         best[run.path] = run
                     if (
@@ -177,11 +182,11 @@ def main(argv: list[str] | None = None) -> int:
         llm.close()
         chat_runtime.close()
         serve_runtime.close()
-    return show(best, best_cpu, texts, gguf.name, args)
+    return show(best, best_cpu, first_texts, counts, gguf.name, args)
 
 
-def show(best: dict[str, Run], best_cpu: dict[str, Run], texts: dict[str, set[str]], model: str,
-         args: argparse.Namespace) -> int:  # fmt: skip
+def show(best: dict[str, Run], best_cpu: dict[str, Run], first_texts: dict[str, str], counts: set[int],
+         model: str, args: argparse.Namespace) -> int:  # fmt: skip
     from rich.console import Console
     from rich.table import Table
 
@@ -200,10 +205,11 @@ def show(best: dict[str, Run], best_cpu: dict[str, Run], texts: dict[str, set[st
     console.print(table)
     console.print("CPU time is the whole process's (every thread) between the first and the last piece; "
                   "for serve it includes the HTTP client reading the stream.")  # fmt: skip
-    all_texts = set().union(*texts.values())
-    same = len(all_texts) == 1
-    console.print("[green]✓[/] all paths wrote the same answer" if same else
-                  f"[red]✗[/] the paths wrote {len(all_texts)} different answers: the comparison is void")  # fmt: skip
+    # Later rounds reuse each path's KV cache, which can flip a nearly tied greedy choice, so
+    # only the first (cold) answers must be identical; the token counts must always match.
+    same = len(set(first_texts.values())) == 1 and len(counts) == 1
+    console.print("[green]✓[/] same first answer and the same number of tokens on every path" if same else
+                  "[red]✗[/] the paths did not produce the same answer or length: the comparison is void")  # fmt: skip
     if args.json:
         record = {"model": model, "repeats": args.repeats, "tokens": args.tokens, "same_answer": same,
                   "runs": {path: {"tokens_per_second": best[path].tokens_per_second,

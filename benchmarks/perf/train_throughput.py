@@ -50,7 +50,13 @@ def run_plain(recipe: Any, work: Path) -> dict[str, float]:
     """A plain Trainer + peft loop over the very same tokenized examples."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
+    from transformers import (
+        AutoModelForCausalLM,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
 
     from jmed_edge.train.data import load_examples
     from jmed_edge.train.model import load_tokenizer, resolve_base_path
@@ -80,7 +86,9 @@ def run_plain(recipe: Any, work: Path) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="default", help="local HF model folder (default: the embedded default model)")
+    parser.add_argument(
+        "--model", default="default", help="local HF model folder (default: the embedded default model)"
+    )
     parser.add_argument("--steps", type=int, default=12, help="optimizer steps per run (default 12)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=256)
@@ -109,7 +117,15 @@ def main(argv: list[str] | None = None) -> int:
 
     table = Table(title=f"LoRA training throughput: {args.model}, {args.steps} steps x batch {args.batch_size}, "
                         f"max length {args.max_length}, {args.template} template")  # fmt: skip
-    for column in ("loop", "runs", "tokens", "seconds (best)", "tokens/s (best)", "tokens/s (median)", "final loss"):
+    for column in (
+        "loop",
+        "runs",
+        "tokens",
+        "seconds (best)",
+        "tokens/s (best)",
+        "tokens/s (median)",
+        "final loss",
+    ):
         table.add_column(column, justify="right" if column != "loop" else "left")
     for name, results in runs.items():
         top = max(results, key=lambda r: r["tps"])
@@ -119,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     console.print(f"jmed-edge / plain ratio: [bold]{ratio:.2f}x[/] (tokens that are not padding, per second)")
     if args.json:
-        args.json.write_text(json.dumps({"runs": runs, "ratio": ratio, "args": vars(args)}, indent=2, default=str))
+        args.json.write_text(
+            json.dumps({"runs": runs, "ratio": ratio, "args": vars(args)}, indent=2, default=str)
+        )
     return 0
 
 

@@ -29,7 +29,16 @@ _EXPORTS = {
     "BenchSettings": "jmed_edge.bench.settings",
     "Summary": "jmed_edge.bench.settings",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "BenchProgress",
+    "BenchSettings",
+    "Benchmark",
+    "Question",
+    "Skipped",
+    "Summary",
+    "load_benchmark",
+    "run_benchmark",
+]
 
 
 def __getattr__(name: str) -> Any:

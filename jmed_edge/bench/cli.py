@@ -23,18 +23,35 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     parser.epilog = EXAMPLES
     parser.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help="HF folder, adapter, GGUF or ONNX")
-    parser.add_argument("--benchmark", "-b", action="append", metavar="NAME[:PATH]",
-                        help="benchmark to run (repeatable; NAME alone for a bundled one); default jmed-sample")
+    parser.add_argument(
+        "--benchmark",
+        "-b",
+        action="append",
+        metavar="NAME[:PATH]",
+        help="benchmark to run (repeatable; NAME alone for a bundled one); default jmed-sample",
+    )
     parser.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="results folder")
-    parser.add_argument("--mode", choices=MODES, default="loglik",
-                        help="loglik: score every option; generate: answer, then read the letters")
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="loglik",
+        help="loglik: score every option; generate: answer, then read the letters",
+    )
     parser.add_argument("--template", choices=list(TEMPLATES), default="medpalm", help="prompt format")
-    parser.add_argument("--shots", type=int, default=0, metavar="K", help="few-shot examples from the dev split")
-    parser.add_argument("--lang", default="", metavar="ja,en", help="languages to score (default: all present)")
+    parser.add_argument(
+        "--shots", type=int, default=0, metavar="K", help="few-shot examples from the dev split"
+    )
+    parser.add_argument(
+        "--lang", default="", metavar="ja,en", help="languages to score (default: all present)"
+    )
     parser.add_argument("--limit", type=int, metavar="N", help="a seeded sample of N questions")
     parser.add_argument("--seed", type=int, default=0, help="seed for --limit sampling and generation")
-    parser.add_argument("--scoring", choices=SCORINGS, default="letter",
-                        help="loglik pick: letter, option text (sum) or text-norm (per token)")
+    parser.add_argument(
+        "--scoring",
+        choices=SCORINGS,
+        default="letter",
+        help="loglik pick: letter, option text (sum) or text-norm (per token)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=64, help="generate mode answer length")
     parser.add_argument("--skip-bad", action="store_true", help="skip and count unreadable records")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (torch)")
@@ -43,7 +60,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-ctx", type=int, help="llama.cpp context size (default min(model, 4096))")
     parser.add_argument("--lora", type=Path, metavar="GGUF", help="GGUF LoRA applied at run time (llama.cpp)")
     parser.add_argument("--base", type=Path, help="base model for an adapter artifact")
-    parser.add_argument("--force", action="store_true", help="discard earlier results in RUN_DIR and start over")
+    parser.add_argument(
+        "--force", action="store_true", help="discard earlier results in RUN_DIR and start over"
+    )
     parser.add_argument("--json", action="store_true", help="print the summaries as JSON")
     parser.set_defaults(func=run)
 
@@ -86,18 +105,27 @@ def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True, highlight=False)
     # Everything a user can get wrong is checked before any model loads.
     artifacts = [describe(Path(a)) for a in args.artifacts]
-    benchmarks = [load_benchmark(spec, skip_bad=args.skip_bad) for spec in (args.benchmark or ["jmed-sample"])]
+    benchmarks = [
+        load_benchmark(spec, skip_bad=args.skip_bad) for spec in (args.benchmark or ["jmed-sample"])
+    ]
     _labels(benchmarks)
     for bench in benchmarks:
         if bench.skipped:
             console.print(f"[yellow]{bench.label}: skipped {len(bench.skipped)} unreadable records[/] "
                           f"(first: {bench.skipped[0].where}: {bench.skipped[0].reason})")  # fmt: skip
+    from jmed_edge.bench.runner import plan_run
+
+    # Resumability is checked for every pair before any model loads.
+    plans = {(i, j): plan_run(info, bench, args.out, settings)
+             for i, info in enumerate(artifacts) for j, bench in enumerate(benchmarks)}  # fmt: skip
+    for plan in plans.values():
+        plan.check(args.force)
     summaries = []
-    for info in artifacts:
+    for i, info in enumerate(artifacts):
         runtime = None
         try:
-            for bench in benchmarks:
-                if runtime is None and _needs_runtime(info, bench, args, settings):
+            for j, bench in enumerate(benchmarks):
+                if runtime is None and (args.force or plans[i, j].remaining()):
                     with console.status(f"loading {info.path}"):
                         options = dict(settings.runtime_options)
                         if info.format in ("hf-safetensors", "peft-adapter"):
@@ -112,19 +140,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_table(summaries)
     return 0 if all(s.complete for s in summaries) else 1
-
-
-def _needs_runtime(info: Any, bench: Any, args: argparse.Namespace, settings: Any) -> bool:
-    """False when this benchmark's predictions are all on disk already (a finished resume)."""
-    from jmed_edge.bench.artifact_id import artifact_label
-    from jmed_edge.bench.predictions import PREDICTIONS, read_predictions
-    from jmed_edge.bench.runner import select_items
-
-    if args.force:
-        return True
-    items, _, _ = select_items(bench, settings)
-    done = read_predictions(args.out / artifact_label(info) / bench.label / PREDICTIONS)
-    return len({(r["id"], r["lang"]) for r in done} & {(q.id, q.lang) for q in items}) < len(items)
 
 
 def _run_one(info: Any, bench: Any, args: argparse.Namespace, settings: Any, runtime: Any, console: Any):
@@ -142,7 +157,9 @@ def _run_one(info: Any, bench: Any, args: argparse.Namespace, settings: Any, run
         def report(p: Any) -> None:
             bar.update(task, completed=p.done, total=p.total, acc=p.accuracy, qps=p.questions_per_second)
 
-        summary = run_benchmark(info, bench, args.out, settings, progress=report, runtime=runtime, force=args.force)
+        summary = run_benchmark(
+            info, bench, args.out, settings, progress=report, runtime=runtime, force=args.force
+        )
         bar.update(task, completed=summary.n, total=summary.n, acc=summary.accuracy,
                    qps=summary.timings.get("questions_per_second", 0.0))  # fmt: skip
     return summary
@@ -152,7 +169,9 @@ def _print_table(summaries: list[Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("artifact", "benchmark", "lang", "n", "accuracy", "points", "q/s", "skipped")
+    table = Table()
+    for header in ("artifact", "benchmark", "lang", "n", "accuracy", "points", "q/s", "skipped"):
+        table.add_column(header, overflow="fold")
     for s in summaries:
         skipped = ", ".join(f"{k} {v}" for k, v in s.skipped.items()) or "-"
         qps = f"{s.timings.get('questions_per_second', 0):.2f}"

@@ -59,14 +59,18 @@ def run_check(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     console = Console(highlight=False)
-    console.print(f"[bold]{report['benchmark']}[/] {report['path']}  ({report['files']} files, {report['version']})")
+    console.print(
+        f"[bold]{report['benchmark']}[/] {report['path']}  ({report['files']} files, {report['version']})"
+    )
     table = Table("language", "questions", "dev (shots)")
     for lang, n in report["by_lang"].items():
         table.add_row(lang, str(n), str(report["dev"].get(lang, 0)))
     console.print(table)
     rules = ", ".join(f"{k} {v}" for k, v in report["by_rule"].items())
     choices = ", ".join(f"{v}x{k}" for k, v in report["choices"].items())
-    console.print(f"scoring rules: {rules}; multi-answer: {report['multi_answer']}; choices per question: {choices}")
+    console.print(
+        f"scoring rules: {rules}; multi-answer: {report['multi_answer']}; choices per question: {choices}"
+    )
     if report["skipped"]:
         console.print(f"[yellow]{report['skipped']} records could not be read:[/]")
         for item in report["skipped_records"][: args.show]:

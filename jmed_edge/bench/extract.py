@@ -67,7 +67,7 @@ def extract_number(response: str) -> str | None:
 
 
 def normalize_number(text: str) -> str:
-    """"0325" -> "325", "3.50" -> "3.5", "325.0" -> "325": equal numbers compare equal as text."""
+    """ "0325" -> "325", "3.50" -> "3.5", "325.0" -> "325": equal numbers compare equal as text."""
     text = normalize(text).strip().replace(",", "")
     try:
         value = float(text)

@@ -177,7 +177,7 @@ def parse_points(value: Any) -> float:
 
 
 def guess_lang(text: str) -> str:
-    """"ja" when the text has kana or kanji, else "en" (for formats that do not say)."""
+    """ "ja" when the text has kana or kanji, else "en" (for formats that do not say)."""
     return "ja" if _KANA_KANJI.search(text) else "en"
 
 

@@ -13,13 +13,16 @@ from jmed_edge.bench.records import Benchmark, Collector, LoadedSet, hash_files
 from jmed_edge.errors import DataError
 from jmed_edge.registry import Registry
 
-
 _L = "jmed_edge.bench.loaders."
 # name -> loader (``(path, collector) -> LoadedSet``), imported on first use.
 BENCHMARKS: Registry[Callable[[Path, Collector], LoadedSet]] = Registry("benchmark", error=DataError)
 for _name, _target, _help in (
     ("jmed-sample", _L + "igakuqa:load_igakuqa", "bundled 48-question ja/en sample in IgakuQA layout"),
-    ("igakuqa", _L + "igakuqa:load_igakuqa", "IgakuQA folder of {exam}-{block}.jsonl (+ _translate, _metadata)"),
+    (
+        "igakuqa",
+        _L + "igakuqa:load_igakuqa",
+        "IgakuQA folder of {exam}-{block}.jsonl (+ _translate, _metadata)",
+    ),
     ("jjsimqa", _L + "igakuqa:load_igakuqa", "a JSONL file in the IgakuQA record layout"),
     ("medqa", _L + "medqa:load_medqa", "MedQA JSONL: question, options, answer_idx"),
     ("medmcqa", _L + "medqa:load_medmcqa", "MedMCQA JSONL: question, opa..opd, cop"),
@@ -56,7 +59,9 @@ def load_benchmark(spec: str, *, skip_bad: bool = False, label: str | None = Non
     collector = Collector(skip_bad)
     loaded = loader(path, collector)
     if not loaded.records:
-        raise DataError(f"{path} holds no readable {name} questions ({len(collector.skipped)} records skipped)")
+        raise DataError(
+            f"{path} holds no readable {name} questions ({len(collector.skipped)} records skipped)"
+        )
     root = path if path.is_dir() else path.parent
     return Benchmark(
         name=name,

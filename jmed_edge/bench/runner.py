@@ -21,6 +21,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ MAX_SKIPPED_LISTED = 200  # summary.json lists this many unreadable records by f
 
 def select_items(bench: Benchmark, settings: BenchSettings) -> tuple[list[Question], Counter[str], list[str]]:
     """Questions to score in order (by language, then file order), what the mode skips, languages."""
-    available = bench.languages()
+    available = list(dict.fromkeys(q.lang for q in bench.records))  # the benchmark's own order: ja first
     langs = [lang for lang in (settings.langs or tuple(available)) if lang in available]
     if not langs:
         raise DataError(
@@ -69,25 +70,80 @@ def select_items(bench: Benchmark, settings: BenchSettings) -> tuple[list[Questi
     return ordered, skipped, langs
 
 
-def _bind_run(folder: Path, identity: dict[str, Any], force: bool) -> None:
-    """Create or check ``run.json``; refuse to resume a run made with other settings."""
-    run_file = folder / RUN_FILE
-    if force and folder.exists():
-        shutil.rmtree(folder)
-    if run_file.exists():
-        previous = json.loads(run_file.read_text(encoding="utf-8")).get("identity", {})
-        changed = [k for k in sorted(set(previous) | set(identity)) if previous.get(k) != identity.get(k)]
-        if changed:
-            detail = ", ".join(f"{k}: {previous.get(k)!r} -> {identity.get(k)!r}" for k in changed[:4])
+@dataclass
+class RunPlan:
+    """Where a run goes, what it scores, and the identity it is bound to (no side effects)."""
+
+    info: ArtifactInfo
+    bench: Benchmark
+    name: str
+    folder: Path
+    items: list[Question]
+    mode_skipped: Counter[str]
+    langs: list[str]
+    question_set_hash: str
+    sha256: str
+    identity: dict[str, Any]
+
+    def conflict(self) -> str | None:
+        """Why the folder cannot be resumed with these settings, or None."""
+        run_file = self.folder / RUN_FILE
+        if run_file.exists():
+            try:
+                previous = json.loads(run_file.read_text(encoding="utf-8")).get("identity", {})
+            except json.JSONDecodeError:
+                return f"its {RUN_FILE} is damaged"
+            changed = [
+                k
+                for k in sorted(set(previous) | set(self.identity))
+                if previous.get(k) != self.identity.get(k)
+            ]
+            if changed:
+                return (
+                    "other settings ("
+                    + ", ".join(f"{k}: {previous.get(k)!r} -> {self.identity.get(k)!r}" for k in changed[:4])
+                    + ")"
+                )
+        elif (self.folder / PREDICTIONS).exists():
+            return f"predictions but no {RUN_FILE}"
+        return None
+
+    def check(self, force: bool) -> None:
+        reason = None if force else self.conflict()
+        if reason:
             raise ConfigError(
-                f"{folder} holds a run with other settings ({detail}); use a new --out, or --force to "
-                "discard it and start over"
+                f"{self.folder} holds a run with {reason}; use a new --out, or --force to discard it and start over"
             )
-        return
-    if (folder / PREDICTIONS).exists():
-        raise ConfigError(f"{folder} has predictions but no {RUN_FILE}; use a new --out or --force")
-    folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_file, json.dumps({"identity": identity, "jmed_edge": __version__}, indent=2) + "\n")
+
+    def remaining(self) -> int:
+        done = {(r["id"], r["lang"]) for r in read_predictions(self.folder / PREDICTIONS)}
+        return sum(1 for q in self.items if (q.id, q.lang) not in done)
+
+
+def plan_run(
+    artifact: Path | str | ArtifactInfo, bench: Benchmark, out_dir: Path | str, settings: BenchSettings
+) -> RunPlan:
+    info = artifact if isinstance(artifact, ArtifactInfo) else describe(Path(artifact))
+    name = artifact_label(info)
+    items, mode_skipped, langs = select_items(bench, settings)
+    qhash = question_set_hash((q.id, q.lang) for q in items)
+    sha = artifact_sha256(info)
+    identity = {**settings.identity(), "langs": langs, "artifact_sha256": sha,
+                "benchmark_version": bench.version, "question_set_hash": qhash}  # fmt: skip
+    return RunPlan(info, bench, name, Path(out_dir) / name / bench.label, items, mode_skipped, langs, qhash,
+                   sha, identity)  # fmt: skip
+
+
+def _bind_run(plan: RunPlan, force: bool) -> None:
+    """Check (or start over with ``force``) and write ``run.json`` for a new run."""
+    plan.check(force)
+    if force and plan.folder.exists():
+        shutil.rmtree(plan.folder)
+    plan.folder.mkdir(parents=True, exist_ok=True)
+    run_file = plan.folder / RUN_FILE
+    if not run_file.exists():
+        payload = {"identity": plan.identity, "jmed_edge": __version__}
+        write_text_atomic(run_file, json.dumps(payload, indent=2) + "\n")
 
 
 def _is_cancelled(cancel: Any) -> bool:
@@ -138,20 +194,15 @@ def run_benchmark(
     """
     settings = settings or BenchSettings()
     settings.validate()
-    info = artifact if isinstance(artifact, ArtifactInfo) else describe(Path(artifact))
     bench = (
         benchmark_spec
         if isinstance(benchmark_spec, Benchmark)
         else load_benchmark(benchmark_spec, skip_bad=settings.skip_bad)
     )
-    name = artifact_label(info)
-    folder = Path(out_dir) / name / bench.label
-    items, mode_skipped, langs = select_items(bench, settings)
-    qhash = question_set_hash((q.id, q.lang) for q in items)
-    sha = artifact_sha256(info)
-    identity = {**settings.identity(), "langs": langs, "artifact_sha256": sha,
-                "benchmark_version": bench.version, "question_set_hash": qhash}  # fmt: skip
-    _bind_run(folder, identity, force)
+    plan = plan_run(artifact, bench, out_dir, settings)
+    _bind_run(plan, force)
+    info, name, folder, items, langs = plan.info, plan.name, plan.folder, plan.items, plan.langs
+    mode_skipped, qhash, sha = plan.mode_skipped, plan.question_set_hash, plan.sha256
 
     done_rows = read_predictions(folder / PREDICTIONS, repair=True)
     wanted = {(q.id, q.lang) for q in items}
@@ -180,7 +231,13 @@ def run_benchmark(
     scored_now = 0
     cancelled = False
     score = score_loglik if settings.mode == "loglik" else score_generate
-    chunk = settings.batch_size if settings.mode == "loglik" else 1
+    # A runtime that batches gets several batches per call, so that it can group prompts of
+    # similar length (less padding); the others are fed a batch at a time.
+    chunk = (
+        1
+        if settings.mode == "generate"
+        else settings.batch_size * (8 if hasattr(runtime, "score_batch") else 1)
+    )
     try:
         with PredictionLog(folder / PREDICTIONS) as predictions:
             for start in range(0, len(todo), chunk):
@@ -216,7 +273,9 @@ def run_benchmark(
     skipped = Counter(mode_skipped)
     if bench.skipped:
         skipped["unreadable"] = len(bench.skipped)
-    metrics = {k: totals[k] for k in ("exact_match", "gestalt", "gestalt_accuracy", "unparsed") if k in totals}
+    metrics = {
+        k: totals[k] for k in ("exact_match", "gestalt", "gestalt_accuracy", "unparsed") if k in totals
+    }
     summary = Summary(
         artifact=str(info.path), artifact_name=name, benchmark=bench.label, benchmark_format=bench.name,
         benchmark_version=bench.version, benchmark_hash=bench.content_hash, question_set_hash=qhash,

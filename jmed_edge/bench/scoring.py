@@ -127,7 +127,9 @@ def _block(rows: list[dict[str, Any]]) -> dict[str, Any]:
         block["gestalt"] = sum(float(r.get("gestalt", 0.0)) for r in rows) / n
         with_choices = [r for r in rows if "gestalt_correct" in r]
         if with_choices:
-            block["gestalt_accuracy"] = sum(1 for r in with_choices if r["gestalt_correct"]) / len(with_choices)
+            block["gestalt_accuracy"] = sum(1 for r in with_choices if r["gestalt_correct"]) / len(
+                with_choices
+            )
         block["unparsed"] = sum(1 for r in rows if not r.get("pred"))
     return block
 

@@ -33,7 +33,9 @@ def _base_row(q: Question, k: int, k_source: str) -> dict[str, Any]:
     }
 
 
-def _prompt(runtime: Any, q: Question, settings: BenchSettings, shots: Mapping[str, Sequence[Question]]) -> str:
+def _prompt(
+    runtime: Any, q: Question, settings: BenchSettings, shots: Mapping[str, Sequence[Question]]
+) -> str:
     view = ChatTemplateView(runtime) if settings.template == "chat" else None
     return build_prompt(q, settings.template, shots.get(q.lang, ()), view)
 
@@ -63,7 +65,11 @@ def score_loglik(
             scores["text"] = [round(s.logprob, 6) for s in text]
             scores["text_norm"] = [round(s.logprob / max(s.n_tokens, 1), 6) for s in text]
             scores["text_tokens"] = [s.n_tokens for s in text]
-        preds = {variant: top_k(scores[variant], k) for variant in ("letter", "text", "text_norm") if variant in scores}
+        preds = {
+            variant: top_k(scores[variant], k)
+            for variant in ("letter", "text", "text_norm")
+            if variant in scores
+        }
         pred = preds[settings.scoring.replace("-", "_")]
         row = _base_row(q, k, k_source)
         row.update(pred=pred, correct=is_correct(q, pred), scores=scores, latency_s=round(latency, 6))

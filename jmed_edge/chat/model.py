@@ -41,7 +41,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "--threads", type=int, metavar="N", help="CPU threads (default: the runtime's choice)"
     )
     parser.add_argument(
-        "--device", default="auto", help="auto | cpu | cuda: where the model runs (auto: a GPU when one is usable)"
+        "--device",
+        default="auto",
+        help="auto | cpu | cuda: where the model runs (auto: a GPU when one is usable)",
     )
     parser.add_argument(
         "--runtime", metavar="NAME", help="override the runtime the artifact's format selects"

@@ -121,6 +121,14 @@ def _verify(staged: Path, dest: Path, source: HFSource, progress: Progress, **kw
     return result.to_dict()
 
 
+def _seal_verified(manifest: Manifest, staged: Path, verify) -> None:
+    """Seal first (so the staged folder is a recognisable artifact the runtimes can open), then
+    verify, then record the result; the files do not change in between, so one hashing pass."""
+    manifest.seal(staged)
+    manifest.verification = verify()
+    (staged / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+
+
 def _details(file: Path, quant: str, **extra: Any) -> dict[str, Any]:
     info = read_gguf(file)
     return {
@@ -150,11 +158,10 @@ def _convert_base(source: HFSource, dest: Path, outtype: str, pre: tuple[str | N
         details = _details(file, quant, pre_tokenizer_source=pre[1], imatrix=None, source=str(source.path),
                            fingerprint=gguf_fingerprint(parent["sha256"], quant, None, outtype, pre_tokenizer=pre[0]))  # fmt: skip
         progress.finish(f"{quant}: {human_bytes(details['size_bytes'])}, {details['bits_per_weight']} bits/weight")
-        verification = _verify(tmp, dest, source, progress) if verify else {}
         license_ = source.manifest.license if source.manifest else "unknown"
-        Manifest(kind="gguf", format="gguf", name=f"{source.name}-{quant}", parent=parent,
-                 config={"outtype": outtype, "pre_tokenizer": pre[0]}, license=license_,
-                 details=details, verification=verification).seal(tmp)  # fmt: skip
+        manifest = Manifest(kind="gguf", format="gguf", name=f"{source.name}-{quant}", parent=parent,
+                            config={"outtype": outtype, "pre_tokenizer": pre[0]}, license=license_, details=details)  # fmt: skip
+        _seal_verified(manifest, tmp, lambda: _verify(tmp, dest, source, progress) if verify else {})
     return dest
 
 
@@ -200,12 +207,11 @@ def _quantize_one(q: QuantType, base_dir: Path, dest: Path, source: HFSource, im
                                          pre_tokenizer=base_manifest.config.get("pre_tokenizer")),
         )  # fmt: skip
         progress.finish(f"{q.name}: {human_bytes(details['size_bytes'])}, {details['bits_per_weight']} bits/weight")
-        verification = (
-            _verify(tmp, dest, source, progress, reference=base_dir, texts_by_lang=texts_by_lang) if verify else {}
-        )
-        Manifest(kind="gguf", format="gguf", name=f"{source.name}-{q.name}", parent=parent_record(base_dir),
-                 config={"quant": q.name, "imatrix": im_record and im_record["mode"]}, license=base_manifest.license,
-                 details=details, verification=verification).seal(tmp)  # fmt: skip
+        manifest = Manifest(kind="gguf", format="gguf", name=f"{source.name}-{q.name}", parent=parent_record(base_dir),
+                            config={"quant": q.name, "imatrix": im_record and im_record["mode"]},
+                            license=base_manifest.license, details=details)  # fmt: skip
+        _seal_verified(manifest, tmp, lambda: _verify(tmp, dest, source, progress, reference=base_dir,
+                                                      texts_by_lang=texts_by_lang) if verify else {})  # fmt: skip
     return dest
 
 

@@ -8,7 +8,10 @@ child process; only then do the runtimes load it in-process.
 
 from __future__ import annotations
 
+import math
+import mmap
 import signal
+import struct
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -45,38 +48,101 @@ class GGUFInfo:
         return self.metadata.get(key, default)
 
 
+# struct formats of GGUF's scalar value types (gguf-py constants.GGUFValueType ids)
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+
+
+class _Header:
+    """Walks a GGUF header (spec: ggml/docs/gguf.md) without materialising token arrays.
+
+    gguf-py's ``GGUFReader`` builds numpy views of every array element, which takes tens of
+    seconds for a 50k-150k token vocabulary; checks only need scalars and the tensor table.
+    """
+
+    def __init__(self, buf) -> None:
+        self.buf, self.pos = buf, 0
+
+    def take(self, fmt: str):
+        (value,) = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += struct.calcsize(fmt)
+        return value
+
+    def string(self) -> str:
+        n = self.take("<Q")
+        if n > len(self.buf) - self.pos:
+            raise ValueError(f"string of {n} bytes at offset {self.pos} runs past the end")
+        text = bytes(self.buf[self.pos : self.pos + n]).decode("utf-8", errors="replace")
+        self.pos += n
+        return text
+
+    def value(self, vtype: int, keep: bool = True) -> Any:
+        if vtype in _SCALARS:
+            return self.take(_SCALARS[vtype])
+        if vtype == _STRING:
+            return self.string()
+        if vtype != _ARRAY:
+            raise ValueError(f"unknown GGUF value type {vtype}")
+        etype, count = self.take("<I"), self.take("<Q")
+        if etype in _SCALARS:  # numeric arrays: skip in one step
+            self.pos += struct.calcsize(_SCALARS[etype]) * count
+            return None
+        for _ in range(count):
+            self.value(etype, keep=False)
+        return None
+
+
 def read_gguf(path: Path) -> GGUFInfo:
     """Parse header, metadata and tensor table; one-line ``ArtifactError`` when truncated or corrupt."""
-    from gguf import GGUFReader
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path} does not exist")
+    size = path.stat().st_size
     with open(path, "rb") as fh:
         magic = fh.read(4)
-    if magic != b"GGUF":
-        raise ArtifactError(f"{path} is not a GGUF file (starts with {magic!r}); re-convert it")
-    try:
-        reader = GGUFReader(path)
-        size = path.stat().st_size
-        end = max((t.data_offset + int(t.n_bytes) for t in reader.tensors), default=0)
-    except Exception as exc:  # gguf-py raises ValueError/IndexError/... on short or garbled files
-        raise ArtifactError(
-            f"{path} is truncated or corrupt (gguf reader: {type(exc).__name__}: {exc}); re-convert it"
-        ) from exc
+        if magic != b"GGUF":
+            raise ArtifactError(f"{path} is not a GGUF file (starts with {magic!r}); re-convert it")
+        if size < 24:
+            raise ArtifactError(f"{path} is truncated ({size} bytes); re-convert it")
+        try:
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                header = _Header(buf)
+                header.pos = 4
+                version, n_tensors, n_kv = header.take("<I"), header.take("<Q"), header.take("<Q")
+                if version not in (2, 3):
+                    raise ValueError(f"GGUF version {version}")
+                metadata: dict[str, Any] = {}
+                for _ in range(n_kv):
+                    key = header.string()
+                    value = header.value(header.take("<I"))
+                    if value is not None:
+                        metadata[key] = value
+                tensors = []
+                for _ in range(n_tensors):
+                    name = header.string()
+                    dims = [header.take("<Q") for _ in range(header.take("<I"))]
+                    ttype, offset = header.take("<I"), header.take("<Q")
+                    tensors.append((name, dims, ttype, offset))
+                align = int(metadata.get("general.alignment", 32))
+                data_start = -(-header.pos // align) * align
+        except (struct.error, ValueError, OverflowError) as exc:
+            raise ArtifactError(f"{path} is truncated or corrupt ({exc}); re-convert it") from exc
+    n_params = n_bytes = end = 0
+    for name, dims, ttype, offset in tensors:
+        try:
+            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
+        except (ValueError, KeyError):
+            raise ArtifactError(f"{path}: tensor {name} has unknown type {ttype}; corrupt file") from None
+        count = math.prod(dims)
+        n_params += count
+        nbytes = count // block * type_size
+        n_bytes += nbytes
+        end = max(end, data_start + offset + nbytes)
     if end > size:
         raise ArtifactError(f"{path} is truncated ({size} bytes, its tensors need {end}); re-convert it")
-    metadata: dict[str, Any] = {}
-    for name, field in reader.fields.items():
-        if name.startswith("GGUF.") or len(field.data) > 1:
-            continue  # header bookkeeping and arrays (token lists, merges)
-        try:
-            metadata[name] = field.contents()
-        except Exception:
-            continue
-    n_params = sum(int(t.n_elements) for t in reader.tensors)
-    n_bytes = sum(int(t.n_bytes) for t in reader.tensors)
-    return GGUFInfo(path, metadata, len(reader.tensors), n_params, n_bytes)
+    return GGUFInfo(path, metadata, len(tensors), n_params, n_bytes)
 
 
 _PROBE = """

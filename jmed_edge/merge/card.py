@@ -7,12 +7,21 @@ from typing import Any
 
 
 def model_card(
-    name: str, base: Path, adapter: Path, adapter_manifest: Any, license: str, dtype: str, verification: dict[str, Any], note: str
+    name: str,
+    base: Path,
+    adapter: Path,
+    adapter_manifest: Any,
+    license: str,
+    dtype: str,
+    verification: dict[str, Any],
+    note: str,
 ) -> str:
     details = adapter_manifest.details if adapter_manifest else {}
     config = adapter_manifest.config if adapter_manifest else {}
     data = details.get("data") or {}
-    data_lines = "\n".join(f"- `{Path(p).name}` (sha256 `{h[:12]}`)" for p, h in data.items()) or "- not recorded"
+    data_lines = (
+        "\n".join(f"- `{Path(p).name}` (sha256 `{h[:12]}`)" for p, h in data.items()) or "- not recorded"
+    )
     lora = config.get("lora", {})
     lora_line = (
         f"r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')} on "

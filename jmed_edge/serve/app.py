@@ -137,7 +137,10 @@ async def _respond(request: Request, pool: RuntimePool, settings: ServeSettings,
         return use
 
     if not req.stream:
-        text = await generation.text()
+        try:
+            text = await generation.text()
+        except JmedError as exc:  # a limit the runtime itself enforces
+            raise p.RequestError(400, str(exc)) from exc
         use = finish()
         if settings.log_content:
             content_log.info("%s answer: %s", rid, _json(text))

@@ -16,13 +16,17 @@ more examples:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (parser.epilog or "") + "\n" + EXAMPLES
-    parser.add_argument("recipe", help="recipe YAML file, or the name of a shipped recipe (jmed-edge recipes ls)")
+    parser.add_argument(
+        "recipe", help="recipe YAML file, or the name of a shipped recipe (jmed-edge recipes ls)"
+    )
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a recipe setting, e.g. --set train.max_steps=20 (repeatable)",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, help="adapter folder (default: the recipe's output.dir)")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT.checkpoints/")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the last checkpoint in OUT.checkpoints/"
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing OUT and its checkpoints")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     parser.set_defaults(func=run)

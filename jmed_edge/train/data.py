@@ -53,7 +53,9 @@ def _records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON ({exc.msg}); each line must be one JSON object") from exc
+                raise DataError(
+                    f"{where}: not valid JSON ({exc.msg}); each line must be one JSON object"
+                ) from exc
             if not isinstance(record, dict):
                 raise DataError(f"{where}: expected a JSON object, found {type(record).__name__}")
             yield where, record
@@ -99,13 +101,21 @@ def read_chat(path: Path, options: dict[str, Any]) -> Iterator[Item]:
         for i, message in enumerate(messages):
             for key in ("role", "content"):
                 if not isinstance(message, dict) or not isinstance(message.get(key), str):
-                    raise DataError(f'{where}: messages[{i}] has no "{key}" (each turn needs role and content)')
+                    raise DataError(
+                        f'{where}: messages[{i}] has no "{key}" (each turn needs role and content)'
+                    )
             if message["role"] not in ("system", "user", "assistant"):
-                raise DataError(f'{where}: messages[{i}] has role "{message["role"]}"; use system, user or assistant')
+                raise DataError(
+                    f'{where}: messages[{i}] has role "{message["role"]}"; use system, user or assistant'
+                )
         if not any(m["role"] == "assistant" for m in messages):
             raise DataError(f"{where}: the conversation has no assistant turn to learn from")
         text = " ".join(m["content"] for m in messages)
-        yield Item(where, messages=[{"role": m["role"], "content": m["content"]} for m in messages], lang=detect_lang(text))
+        yield Item(
+            where,
+            messages=[{"role": m["role"], "content": m["content"]} for m in messages],
+            lang=detect_lang(text),
+        )
 
 
 def _mcq_files(path: Path) -> list[Path]:
@@ -115,7 +125,9 @@ def _mcq_files(path: Path) -> list[Path]:
     files = [p for p in sorted(path.glob("*.jsonl"))
              if not p.name.startswith("_") and p.stem.rsplit("_", 1)[-1] not in ("translate", "metadata")]  # fmt: skip
     if not files:
-        raise DataError(f"{path} holds no IgakuQA files ({{exam}}-{{block}}.jsonl); is this the right folder?")
+        raise DataError(
+            f"{path} holds no IgakuQA files ({{exam}}-{{block}}.jsonl); is this the right folder?"
+        )
     return files
 
 
@@ -148,24 +160,34 @@ def read_igakuqa(path: Path, options: dict[str, Any]) -> Iterator[Item]:
                     twin = twins.get(str(record["problem_id"]))
                     if twin is None or not twin.get("problem_text_en") or not twin.get("choices_en"):
                         raise DataError(
-                            f'{where}: problem {record["problem_id"]} has no English twin with problem_text_en and '
+                            f"{where}: problem {record['problem_id']} has no English twin with problem_text_en and "
                             f"choices_en in {file.stem}_translate.jsonl; set data.mcq.languages: [ja]"
                         )
                     question, choices = twin["problem_text_en"], twin["choices_en"]
                 else:
                     question, choices = record["problem_text"], record["choices"]
-                yield Item(where, example=_mcq_example(question, choices, letters, lang, mcq["answer_text"], where), lang=lang)
+                yield Item(
+                    where,
+                    example=_mcq_example(question, choices, letters, lang, mcq["answer_text"], where),
+                    lang=lang,
+                )
 
 
-def _mcq_example(question: str, choices: list[str], letters: list[str], lang: str, with_text: bool, where: str) -> Example:
+def _mcq_example(
+    question: str, choices: list[str], letters: list[str], lang: str, with_text: bool, where: str
+) -> Example:
     index = {chr(ord("a") + i): text for i, text in enumerate(choices)}
     unknown = [x for x in letters if x not in index]
     if unknown:
-        raise DataError(f'{where}: answer {",".join(unknown)} is not among the {len(choices)} choices')
+        raise DataError(f"{where}: answer {','.join(unknown)} is not among the {len(choices)} choices")
     output = ",".join(letters)
     if with_text:
         output += "\n" + "\n".join(f"{x}. {_CHOICE_LETTER.sub('', index[x].strip())}" for x in letters)
-    return Example(instruction=mcq_instruction(lang, len(letters)), input=format_mcq(question, choices, lang), output=output)
+    return Example(
+        instruction=mcq_instruction(lang, len(letters)),
+        input=format_mcq(question, choices, lang),
+        output=output,
+    )
 
 
 # Data format name -> reader. Each reader yields Items and raises DataError naming file:line.
@@ -200,7 +222,12 @@ def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: b
 
 
 def _chat_segments(
-    messages: list[dict[str, str]], tokenizer: Any, where: str, example: Example | None, lang: str, system: str | None
+    messages: list[dict[str, str]],
+    tokenizer: Any,
+    where: str,
+    example: Example | None,
+    lang: str,
+    system: str | None,
 ) -> list[Segment]:
     if not getattr(tokenizer, "chat_template", None):
         raise ConfigError(
@@ -222,7 +249,7 @@ def _chat_segments(
                 f"{where}: this model's chat template does not render a conversation as a growing prefix, so "
                 "assistant turns cannot be isolated; use data.template: alpaca with Alpaca data"
             )
-        segments += [Segment(prompt[len(done):], False), Segment(full[len(prompt):], True)]
+        segments += [Segment(prompt[len(done) :], False), Segment(full[len(prompt) :], True)]
         done = full
     return [s for s in segments if s.text]
 
@@ -231,7 +258,9 @@ class Tokenized(dict):
     """``input_ids`` and ``labels`` of one example (a dict, as the Trainer's collator expects)."""
 
 
-def tokenize(segments: list[Segment], tokenizer: Any, max_length: int, add_eos: bool) -> tuple[Tokenized | None, bool]:
+def tokenize(
+    segments: list[Segment], tokenizer: Any, max_length: int, add_eos: bool
+) -> tuple[Tokenized | None, bool]:
     """Token ids and labels; returns (None, _) when truncation leaves no response token."""
     ids: list[int] = []
     labels: list[int] = []
@@ -272,7 +301,9 @@ def load_examples(recipe: Any, tokenizer: Any) -> tuple[list[Tokenized], DataSta
         count = 0
         for item in FORMATS[fmt](path, options):
             segments = segments_for(item, data.template, tokenizer, data.system)
-            tokens, truncated = tokenize(segments, tokenizer, recipe.train.max_length, add_eos=data.template != "chat")
+            tokens, truncated = tokenize(
+                segments, tokenizer, recipe.train.max_length, add_eos=data.template != "chat"
+            )
             stats.truncated += truncated
             if tokens is None:
                 stats.dropped += 1
@@ -288,14 +319,20 @@ def load_examples(recipe: Any, tokenizer: Any) -> tuple[list[Tokenized], DataSta
             f"train.max_length={recipe.train.max_length}; raise train.max_length"
         )
     if stats.dropped:
-        log.warning("dropped %d examples whose prompt fills train.max_length=%d", stats.dropped, recipe.train.max_length)
+        log.warning(
+            "dropped %d examples whose prompt fills train.max_length=%d",
+            stats.dropped,
+            recipe.train.max_length,
+        )
     if stats.truncated:
         log.info("%d examples were cut to train.max_length=%d", stats.truncated, recipe.train.max_length)
     stats.examples = len(examples)
     return examples, stats
 
 
-def split_eval(examples: list[Tokenized], eval_split: float, seed: int) -> tuple[list[Tokenized], list[Tokenized]]:
+def split_eval(
+    examples: list[Tokenized], eval_split: float, seed: int
+) -> tuple[list[Tokenized], list[Tokenized]]:
     """Hold out a seeded random share (fraction < 0.5) or count (>= 1) of examples for eval loss."""
     if not eval_split:
         return examples, []

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +55,9 @@ def resolve_base_path(path: str) -> Path:
             'to a local Hugging Face folder, or "default" for the embedded model'
         )
     if (folder / "adapter_config.json").exists() and not (folder / "config.json").exists():
-        raise ModelError(f"{folder} is a LoRA adapter, not a base model; point model.path at a full model folder")
+        raise ModelError(
+            f"{folder} is a LoRA adapter, not a base model; point model.path at a full model folder"
+        )
     if not (folder / "config.json").exists():
         raise ModelError(f"{folder} has no config.json; model.path must be a Hugging Face model folder")
     return folder.resolve()
@@ -139,7 +143,11 @@ def linear_module_names(model: Any) -> list[str]:
     except ImportError:
         pass
     head = model.get_output_embeddings()
-    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, kinds) and module is not head}
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, kinds) and module is not head
+    }
     return sorted(names)
 
 
@@ -164,7 +172,9 @@ def add_lora(model: Any, lora: Any, targets: list[str], quantized: bool, gradien
     checkpointing_kwargs = {"use_reentrant": False}
     if quantized:
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=gradient_checkpointing, gradient_checkpointing_kwargs=checkpointing_kwargs
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs=checkpointing_kwargs,
         )
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs)
@@ -177,7 +187,13 @@ def add_lora(model: Any, lora: Any, targets: list[str], quantized: bool, gradien
         bias="none",
         task_type="CAUSAL_LM",
     )
-    with warnings.catch_warnings():
-        # peft 0.21 asks transformers 5 a deprecated question; nothing for the user to act on
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with quiet_peft():
         return get_peft_model(model, config)
+
+
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """peft 0.21 asks transformers 5 a deprecated question on every wrap; nothing for a user to act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield

@@ -45,7 +45,14 @@ class ProgressCallback(TrainerCallback):
         self.start_tokens = state.num_input_tokens_seen or 0
         self.start_time = time.perf_counter()
         if self.console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self.progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -60,7 +67,9 @@ class ProgressCallback(TrainerCallback):
         else:
             self.console.print(f"{self.title}: {state.max_steps} steps, starting at step {state.global_step}")
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
         if not state.is_world_process_zero or not logs or "loss" not in logs:
             return
         self.loss = float(logs["loss"])

@@ -27,7 +27,15 @@ Format = Literal["alpaca", "chat", "igakuqa"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 # A subset of transformers' OptimizerNames: plain AdamW, its fused CUDA kernel, and the
 # bitsandbytes 8-bit / paged variants the QLoRA paper uses to fit 7B training on one GPU.
-Optimizer = Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"]
+Optimizer = Literal[
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw_8bit",
+    "paged_adamw_8bit",
+    "paged_adamw_32bit",
+    "adafactor",
+    "sgd",
+]
 
 
 class _Section(BaseModel):
@@ -63,7 +71,9 @@ class DataSection(_Section):
     @classmethod
     def _known_template(cls, value: str) -> str:
         if value not in TEMPLATES:
-            raise ValueError(f'unknown template "{value}"{did_you_mean(value, TEMPLATES)}; known: {", ".join(TEMPLATES)}')
+            raise ValueError(
+                f'unknown template "{value}"{did_you_mean(value, TEMPLATES)}; known: {", ".join(TEMPLATES)}'
+            )
         return value
 
     @field_validator("eval_split")
@@ -78,7 +88,9 @@ class LoraSection(_Section):
     r: int = Field(default=8, gt=0)
     alpha: float = Field(default=16, gt=0)
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] | Literal["all-linear"] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj"])
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj"]
+    )
 
     @field_validator("target_modules")
     @classmethod
@@ -221,7 +233,9 @@ def _fields_at(section: type[BaseModel], loc: Sequence[Any]) -> list[str]:
     """Field names of the model a key was found in, to suggest the closest."""
     model: Any = section
     for part in loc[:-1]:
-        field = model.model_fields.get(part) if isinstance(part, str) and hasattr(model, "model_fields") else None
+        field = (
+            model.model_fields.get(part) if isinstance(part, str) and hasattr(model, "model_fields") else None
+        )
         if field is None:
             if part == "DataFile":
                 model = DataFile
@@ -250,10 +264,14 @@ def _describe(section: str, model: type[BaseModel], error: dict[str, Any]) -> st
     return f"{where}: {error['msg']} (found {error.get('input')!r})"
 
 
-def validate_recipe(raw: dict[str, Any], *, source: str = "", base_dir: Path = Path("."), shipped: bool = False) -> Recipe:
+def validate_recipe(
+    raw: dict[str, Any], *, source: str = "", base_dir: Path = Path("."), shipped: bool = False
+) -> Recipe:
     """Validate a recipe dict; raise one ``ConfigError`` listing every problem."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source or 'recipe'} must be a YAML mapping of sections (model:, data:, train:, ...)")
+        raise ConfigError(
+            f"{source or 'recipe'} must be a YAML mapping of sections (model:, data:, train:, ...)"
+        )
     problems: list[str] = []
     for key in raw:
         if key not in SECTIONS and did_you_mean(str(key), SECTIONS):
@@ -294,11 +312,15 @@ def _cross_checks(recipe: Recipe) -> list[str]:
         if not path.exists():
             problems.append(f"data.files[{i}]: {path} not found")
         elif fmt == "igakuqa" and path.is_file() and path.suffix != ".jsonl":
-            problems.append(f"data.files[{i}]: igakuqa data is a folder of .jsonl files or one .jsonl, found {path.name}")
+            problems.append(
+                f"data.files[{i}]: igakuqa data is a folder of .jsonl files or one .jsonl, found {path.name}"
+            )
         elif fmt != "igakuqa" and path.is_dir():
             problems.append(f"data.files[{i}]: {path} is a folder; {fmt} data is a .jsonl file")
         if fmt == "chat" and recipe.data.template != "chat":
-            problems.append(f'data.template: chat-format data ({path.name}) needs template "chat", found "{recipe.data.template}"')
+            problems.append(
+                f'data.template: chat-format data ({path.name}) needs template "chat", found "{recipe.data.template}"'
+            )
     return sorted(set(problems), key=problems.index)
 
 
@@ -310,13 +332,17 @@ def load_recipe(path_or_name: str | Path, overrides: Iterable[str] = ()) -> Reci
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{where} is not valid YAML ({getattr(exc, 'problem', exc)}); fix the file") from exc
+        raise ConfigError(
+            f"{path}{where} is not valid YAML ({getattr(exc, 'problem', exc)}); fix the file"
+        ) from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must be a YAML mapping of sections (model:, data:, train:, ...)")
     root = shipped_root().resolve()
     is_shipped = path.parent == (root / "recipes")
     base_dir = root if is_shipped else path.parent
-    return validate_recipe(apply_overrides(raw, overrides), source=str(path), base_dir=base_dir, shipped=is_shipped)
+    return validate_recipe(
+        apply_overrides(raw, overrides), source=str(path), base_dir=base_dir, shipped=is_shipped
+    )
 
 
 def data_hashes(recipe: Recipe) -> dict[str, str]:

@@ -77,7 +77,11 @@ def _preflight(recipe: Recipe, out: Path, resume: bool, force: bool) -> Path | N
         last = _last_checkpoint(ckpt)
         if last is None:
             raise ConfigError(f"--resume: no checkpoint in {ckpt}; run without --resume to start training")
-        saved = json.loads((ckpt / RECIPE_FILE).read_text(encoding="utf-8")) if (ckpt / RECIPE_FILE).exists() else None
+        saved = (
+            json.loads((ckpt / RECIPE_FILE).read_text(encoding="utf-8"))
+            if (ckpt / RECIPE_FILE).exists()
+            else None
+        )
         if saved and saved["fingerprint"] != recipe_fingerprint(recipe):
             changed = changed_settings(saved["config"], fingerprint_config(recipe)) or ["data file contents"]
             raise ConfigError(
@@ -86,7 +90,9 @@ def _preflight(recipe: Recipe, out: Path, resume: bool, force: bool) -> Path | N
             )
         return last
     if out.exists() and not force:
-        raise ArtifactError(f"{out} already exists; pass --force to replace it, --resume to continue it, or pick another --out")
+        raise ArtifactError(
+            f"{out} already exists; pass --force to replace it, --resume to continue it, or pick another --out"
+        )
     if _last_checkpoint(ckpt) is not None and not force:
         raise ArtifactError(
             f"{ckpt} holds checkpoints of an earlier run; pass --resume to continue it or --force to start over"
@@ -143,7 +149,9 @@ def run_training(
     _prepare_checkpoints(ckpt, recipe, fresh=last is None)
     from jmed_edge.train.loop import build_trainer
 
-    trainer, progress_cb = build_trainer(recipe, model, tokenizer, train_set, eval_set, ckpt, hardware, progress, callbacks)
+    trainer, progress_cb = build_trainer(
+        recipe, model, tokenizer, train_set, eval_set, ckpt, hardware, progress, callbacks
+    )
     started = time.perf_counter()
     tokens_before = 0
     if last is not None:
@@ -203,7 +211,8 @@ def _write_adapter(trainer: Any, tokenizer: Any, out: Path, info: dict[str, Any]
             history = trainer.state.log_history
             (tmp / LOG_FILE).write_text(json.dumps(history, indent=1), encoding="utf-8")
             manifest = _manifest(trainer, info, complete)
-            (tmp / "README.md").write_text(_adapter_card(manifest), encoding="utf-8")  # replaces peft's template
+            card = _adapter_card(manifest)  # replaces peft's placeholder card
+            (tmp / "README.md").write_text(card, encoding="utf-8")
             manifest.seal(tmp)
         shutil.rmtree(scratch, ignore_errors=True)
         log.info("adapter written to %s", out)
@@ -253,7 +262,11 @@ def _manifest(trainer: Any, info: dict[str, Any], complete: bool) -> Manifest:
 def _adapter_card(manifest: Manifest) -> str:
     d, c = manifest.details, manifest.config
     data = "\n".join(f"- `{Path(p).name}` (sha256 `{h[:12]}`)" for p, h in d["data"].items())
-    state = "complete" if d["complete"] else f"**interrupted** at step {d['steps']} of {d['max_steps']} (resume with --resume)"
+    state = (
+        "complete"
+        if d["complete"]
+        else f"**interrupted** at step {d['steps']} of {d['max_steps']} (resume with --resume)"
+    )
     return (
         f"# {manifest.name}\n\n"
         f"A LoRA adapter ({state}) for `{manifest.parent['path'] if manifest.parent else '?'}`, "
@@ -274,4 +287,5 @@ def adapter_matches(adapter: Path, recipe: Recipe) -> bool:
     manifest = read_manifest(adapter, required=False) if Path(adapter).is_dir() else None
     if manifest is None or manifest.kind != "adapter":
         return False
-    return bool(manifest.details.get("complete")) and manifest.details.get("fingerprint") == recipe_fingerprint(recipe)
+    details = manifest.details
+    return bool(details.get("complete")) and details.get("fingerprint") == recipe_fingerprint(recipe)

@@ -62,10 +62,12 @@ def _parse_answer(raw: Any, n_choices: int) -> tuple[tuple[str, ...], bool]:
     if n_choices == 0:
         number = "".join(items)
         if not _NUMBER.match(number):
-            raise BadRecord(f'numeric question (no choices) has answer {raw!r}; expected digits such as ["325"]')
+            raise BadRecord(
+                f'numeric question (no choices) has answer {raw!r}; expected digits such as ["325"]'
+            )
         return (number,), False
     accept_any = len(items) == 1 and bool(_ANY_OF.match(items[0]))
-    letters = re.findall(r"[a-z]", items[0]) if accept_any else items
+    letters = re.split(r"\s+or\s+", items[0]) if accept_any else items
     for letter in letters:
         if len(letter) != 1 or letter not in LETTERS:
             raise BadRecord(f'answer {letter!r} is not a choice letter (write ["c"] or ["a or d"])')
@@ -152,7 +154,9 @@ def _read_translation(path: Path, japanese: dict[str, Question], collector: Coll
             collector.bad(where, f"translation of problem_id {en.id}, which the Japanese file lacks")
             continue
         if len(en.choices) != len(ja.choices) or (en.answer, en.accept_any) != (ja.answer, ja.accept_any):
-            collector.bad(where, f"translation of {en.id} differs from the Japanese question in choices or answer")
+            collector.bad(
+                where, f"translation of {en.id} differs from the Japanese question in choices or answer"
+            )
             continue
         out.append(Question(en.id, "en", en.question, en.choices, ja.answer, ja.points, ja.accept_any,
                             ja.always_correct, where, ja.meta))  # fmt: skip

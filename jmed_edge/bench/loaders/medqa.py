@@ -53,7 +53,9 @@ def _from_medmcqa(obj: dict[str, Any]) -> tuple[tuple[str, ...], str]:
     choices = tuple(require_str(obj, key, allow_empty=True).strip() for key in ("opa", "opb", "opc", "opd"))
     cop = obj.get("cop")
     if cop is None or cop == "" or cop == -1:
-        raise BadRecord('no answer ("cop"); the published MedMCQA test split has none, score dev.json instead')
+        raise BadRecord(
+            'no answer ("cop"); the published MedMCQA test split has none, score dev.json instead'
+        )
     try:
         index = int(cop) - 1
     except (TypeError, ValueError):

@@ -86,7 +86,9 @@ def _load(path: Path, collector: Collector, lang: str | None) -> LoadedSet:
                 "as SUBJECT.csv or SUBJECT_test.csv); pass a subject's CSV file to read another subject"
             )
     subjects = {subject_of(p) for p in test}
-    dev_files = sorted(p for p in dev_dir.glob("*.csv") if subject_of(p) in subjects) if dev_dir.is_dir() else []
+    dev_files = (
+        sorted(p for p in dev_dir.glob("*.csv") if subject_of(p) in subjects) if dev_dir.is_dir() else []
+    )
     records = [q for file in test for q in _read_csv(file, collector, lang)]
     dev = [q for file in dev_files for q in _read_csv(file, Collector(skip_bad=True), lang)]
     return LoadedSet(records, dev, test + dev_files)

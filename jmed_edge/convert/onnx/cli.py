@@ -95,29 +95,29 @@ def request_from_args(args: argparse.Namespace) -> dict[str, Any]:
             "exporter": args.onnx_exporter, "options": options}  # fmt: skip
 
 
-def _source_arg(args: argparse.Namespace) -> str:
-    for name in ("src", "source", "model"):
-        value = getattr(args, name, None)
-        if value:
-            return str(value)
-    raise ConfigError("no source model given; pass a Hugging Face folder or 'default'")
-
-
 def run_onnx_from_args(args: argparse.Namespace) -> int:
     """Convert as the arguments say and print one table row per precision. Returns 0."""
     from rich.console import Console
 
+    to_onnx(args, Console())
+    return 0
+
+
+def to_onnx(args: argparse.Namespace, console) -> dict[str, Path]:
+    """``jmed-edge convert --to onnx``: the conversion target function (prints its own table)."""
     from jmed_edge.convert.onnx.convert import convert_to_onnx
 
-    if not getattr(args, "out", None):
-        raise ConfigError("--out is required: the folder that receives onnx-<precision>/ folders")
+    if not getattr(args, "src", None) or not getattr(args, "out", None):
+        raise ConfigError(
+            "convert needs SRC and --out, e.g.: jmed-edge convert runs/merged --to onnx --out runs/onnx"
+        )
     request = request_from_args(args)
-    verify = not getattr(args, "no_verify", False) and getattr(args, "verify", True) is not False
-    written = convert_to_onnx(_source_arg(args), args.out, request["precisions"], target=request["target"],
+    written = convert_to_onnx(args.src, args.out, request["precisions"], target=request["target"],
                               exporter=request["exporter"], options=request["options"],
-                              force=bool(getattr(args, "force", False)), verify=verify)  # fmt: skip
-    print_results(written, Console())
-    return 0
+                              force=bool(getattr(args, "force", False)),
+                              verify=not getattr(args, "no_verify", False))  # fmt: skip
+    print_results(written, console)
+    return {f"onnx-{precision}": folder for precision, folder in written.items()}
 
 
 def print_results(written: dict[str, Path], console) -> None:
@@ -171,8 +171,11 @@ def run_verify_onnx_from_args(args: argparse.Namespace) -> int:
 
     from jmed_edge.convert.onnx.verify import verify_onnx
 
-    artifact = getattr(args, "artifact", None) or _source_arg(args)
-    result = verify_onnx(Path(artifact), getattr(args, "against", None), raise_on_failure=False, record=True)
+    artifact = args.artifact
+    record = not getattr(args, "no_record", False)
+    result = verify_onnx(
+        Path(artifact), getattr(args, "against", None), raise_on_failure=False, record=record
+    )
     console = Console()
     for line in result.lines():
         console.print(line, highlight=False)

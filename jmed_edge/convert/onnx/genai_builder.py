@@ -62,6 +62,7 @@ def builder_extra_options(options: OnnxOptions, precision: str) -> list[str]:
 
 class GenAIBuilderExporter:
     name = "genai-builder"
+    worker = "jmed_edge.convert.onnx._builder_worker"  # module run with -m in the subprocess
 
     def version(self) -> str:
         try:
@@ -103,7 +104,7 @@ class GenAIBuilderExporter:
             )
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
         steps = source.num_layers + 4  # embeddings, layers, final norm, lm head, save
-        command = [sys.executable, "-m", "jmed_edge.convert.onnx._builder_worker", str(job_file)]
+        command = [sys.executable, "-m", self.worker, str(job_file)]
         log.info("running the onnxruntime-genai builder: %s", " ".join(command))
         with open(log_path, "w", encoding="utf-8") as log_file, _progress(progress) as bar:
             tasks = (
@@ -111,41 +112,48 @@ class GenAIBuilderExporter:
                 if bar
                 else {}
             )
-            current = None
             proc = subprocess.Popen(
                 command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                 errors="replace", bufsize=1,
             )  # fmt: skip
-            assert proc.stdout is not None
-            for line in proc.stdout:  # text mode splits tqdm's carriage returns into lines too
-                log_file.write(line)
-                line = line.strip()
-                marker = _MARKER.match(line)
-                if marker:
-                    event, precision, rest = marker.groups()
-                    current = precision if event == "start" else None
-                    self._on_marker(event, precision, rest, outcomes, log_path)
-                    if bar and precision in tasks:
-                        if event == "start":
-                            bar.start_task(tasks[precision])
-                        else:
-                            bar.update(
-                                tasks[precision],
-                                completed=steps,
-                                description=f"onnx-{precision} {'✓' if event == 'done' else '✗'}",
-                            )
-                elif bar and current in tasks:
-                    layer = _LAYER.match(line)
-                    if layer:
-                        bar.update(tasks[current], completed=1 + int(layer.group(1)))
-                    elif line.startswith(("Reading final norm", "Reading LM head")):
-                        bar.advance(tasks[current])
-                    elif line.startswith("Saving ONNX model"):
-                        bar.update(tasks[current], completed=steps - 1, description=f"onnx-{current} saving")
-            code = proc.wait()
+            try:
+                current = self._follow(proc, log_file, bar, tasks, steps, outcomes, log_path)
+                code = proc.wait()
+            except BaseException:  # Ctrl-C or an error here: never leave the builder running
+                proc.kill()
+                proc.wait()
+                raise
         if code < 0 or current is not None:
             self._on_crash(code, current, outcomes, log_path)
         return list(outcomes.values())
+
+    def _follow(self, proc, log_file, bar, tasks, steps: int, outcomes, log_path: Path) -> str | None:
+        """Log the builder's output, move the bars, record outcomes; the precision unfinished at EOF."""
+        current = None
+        assert proc.stdout is not None
+        for line in proc.stdout:  # text mode splits tqdm's carriage returns into lines too
+            log_file.write(line)
+            line = line.strip()
+            marker = _MARKER.match(line)
+            if marker:
+                event, precision, rest = marker.groups()
+                current = precision if event == "start" else None
+                self._on_marker(event, precision, rest, outcomes, log_path)
+                if bar and precision in tasks:
+                    if event == "start":
+                        bar.start_task(tasks[precision])
+                    else:
+                        mark = "✓" if event == "done" else "✗"
+                        bar.update(tasks[precision], completed=steps, description=f"onnx-{precision} {mark}")
+            elif bar and current in tasks:
+                layer = _LAYER.match(line)
+                if layer:
+                    bar.update(tasks[current], completed=1 + int(layer.group(1)))
+                elif line.startswith(("Reading final norm", "Reading LM head")):
+                    bar.advance(tasks[current])
+                elif line.startswith("Saving ONNX model"):
+                    bar.update(tasks[current], completed=steps - 1, description=f"onnx-{current} saving")
+        return current
 
     @staticmethod
     def _on_marker(

@@ -50,8 +50,16 @@ class Check:
     def mark(self) -> str:
         return {True: "✓", False: "✗", None: "·"}[self.ok]
 
+    @property
+    def passed(self) -> bool | None:  # the names the GGUF checks use, so one printer shows both
+        return self.ok
+
+    @property
+    def detail(self) -> str:
+        return self.value + (f" ({self.limit})" if self.limit else "")
+
     def line(self) -> str:
-        return f"{self.mark} {self.name}: {self.value}" + (f" ({self.limit})" if self.limit else "")
+        return f"{self.mark} {self.name}: {self.detail}"
 
 
 @dataclass
@@ -66,6 +74,10 @@ class VerificationResult:
     def passed(self) -> bool:
         return all(c.ok is not False for c in self.checks)
 
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if c.ok is False]
+
     def lines(self) -> list[str]:
         return [c.line() for c in self.checks]
 
@@ -75,7 +87,7 @@ class VerificationResult:
                 "metrics": self.metrics}  # fmt: skip
 
     def raise_if_failed(self) -> None:
-        failed = [c for c in self.checks if c.ok is False]
+        failed = self.failures
         if failed:
             raise VerificationError(
                 f"{self.artifact} does not match {self.against}: "
