@@ -158,3 +158,21 @@ def test_gguf_lora_without_base_is_refused(tmp_path: Path) -> None:
     info = ArtifactInfo(tmp_path, "gguf-lora", "gguf-lora", lora, None, "adapter")
     with pytest.raises(ArtifactError, match="base GGUF"):
         LlamaCppRuntime(info)
+
+
+def test_peft_adapter_loads_base_plus_adapter(tiny_llama: Path, tmp_path: Path) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(tmp_path / "adapter")
+    adapter = open_runtime(tmp_path / "adapter")  # base found through adapter_config.json
+    plain = open_runtime(tiny_llama)
+    ids = plain.tokenize("Aspirin 100 mg", add_special=True)
+    with_lora, without = adapter.logits(ids), plain.logits(ids)
+    assert with_lora.shape == without.shape
+    assert float(np.abs(with_lora - without).max()) > 1e-3  # the adapter is applied
+    assert adapter.tokenize("Aspirin 100 mg", add_special=True) == ids

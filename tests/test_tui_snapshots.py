@@ -29,6 +29,20 @@ def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return Path("runs")
 
 
+@pytest.fixture(scope="module")
+def benched_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("benched")
+    bench_runs(build_root(base))
+    return base
+
+
+@pytest.fixture
+def benched(benched_base: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``runs`` (relative) with bench results of three GGUFs, written once per module."""
+    monkeypatch.chdir(benched_base)
+    return Path("runs")
+
+
 def key(app: JmedEdgeApp, name: str) -> str:
     return next(str(a.info.path) for a in app.artifacts if a.name == name)
 
@@ -157,15 +171,13 @@ def _report_before(tab: str):
     return run_before
 
 
-def test_report_accuracy(snap_compare, runs: Path):
-    bench_runs(runs)
-    app = JmedEdgeApp(runs, ScriptedBackend())
+def test_report_accuracy(snap_compare, benched: Path):
+    app = JmedEdgeApp(benched, ScriptedBackend())
     assert snap_compare(app, run_before=_report_before("tab-accuracy"), terminal_size=(120, 30))
 
 
-def test_report_chart(snap_compare, runs: Path):
-    bench_runs(runs)
-    assert snap_compare(JmedEdgeApp(runs, ScriptedBackend()), run_before=_report_before("tab-chart"))
+def test_report_chart(snap_compare, benched: Path):
+    assert snap_compare(JmedEdgeApp(benched, ScriptedBackend()), run_before=_report_before("tab-chart"))
 
 
 def test_help(snap_compare, runs: Path):

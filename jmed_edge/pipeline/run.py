@@ -130,17 +130,21 @@ def _convert_onnx(merged: Path, out: Path, sections: PipelineSections, stages: _
     cfg = sections.convert.onnx
     if not cfg.enabled:
         return {}
-    from jmed_edge.convert.onnx import convert_to_onnx, onnx_up_to_date
+    from jmed_edge.convert.onnx import convert_to_onnx, onnx_fingerprint
 
     folder = out / "onnx"
-    todo = onnx_up_to_date(merged, folder, cfg.precisions, target=cfg.target)
-    if todo["fresh"]:
-        stages.skip("convert onnx", "every ONNX artifact matches the merged model and settings")
-        return todo["artifacts"]
+    fresh = {}
+    for precision in cfg.precisions:
+        info = _manifest_details(folder / f"onnx-{precision}")
+        if info and info["details"].get("fingerprint") == onnx_fingerprint(merged, precision, target=cfg.target):
+            fresh[f"onnx-{precision}"] = folder / f"onnx-{precision}"
+    if len(fresh) == len(cfg.precisions):
+        stages.skip("convert onnx", "every ONNX artifact was made from this merged model with these settings")
+        return fresh
     started = stages.start("convert onnx")
     made = convert_to_onnx(merged, folder, precisions=cfg.precisions, target=cfg.target, force=True)
     stages.done("convert onnx", started)
-    return made
+    return {f"onnx-{precision}": path for precision, path in made.items()}
 
 
 def bench_label(artifact: Path) -> str:

@@ -60,11 +60,21 @@ def response_loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> 
 
 
 def accepts_logits_mask(model: Any) -> bool:
-    """Whether the causal LM under ``model`` (peft-wrapped or not) takes ``logits_to_keep``."""
+    """Whether the causal LM under ``model`` (peft-wrapped or not) takes a boolean ``logits_to_keep``.
+
+    transformers models that slice with ``slice_logits_to_keep`` accept a (batch, length) mask;
+    a model with its own slicing code may take only an int, and then trains with its own loss.
+    """
     import inspect
 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    forward = type(inner).forward
+    if "logits_to_keep" not in inspect.signature(forward).parameters:
+        return False
+    try:
+        return "slice_logits_to_keep" in inspect.getsource(forward)
+    except (OSError, TypeError):
+        return False
 
 
 def training_arguments(recipe: Recipe, ckpt: Path, hardware: Hardware, has_eval: bool) -> Any:

@@ -194,16 +194,42 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
     return data
 
 
+# Union members pydantic names in an error's location, with the type of input each one takes.
+_UNION_TAGS = {"str": str, "DataFile": dict, "list[str]": list, "literal['all-linear']": str}
+_UNION_EXPECTED = {
+    "files": "a file path or {path, format}",
+    "target_modules": 'a list of module names or "all-linear"',
+}
+
+
 def _loc(loc: Sequence[Any]) -> str:
     text = ""
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif part in ("str", "DataFile", "list[str]", "literal['all-linear']"):
-            continue  # pydantic names the union member it tried; the user needs only the key
+        elif part in _UNION_TAGS:
+            continue  # the union member pydantic tried; the user needs only the key
         else:
             text += f".{part}" if text else str(part)
     return text
+
+
+def _union_error(section: str, raw: dict[str, Any], error: dict[str, Any]) -> str | None:
+    """For an error inside a union (``str | DataFile``): keep it only when the input has that member's
+    type; when the input fits no member, one line saying what is expected ('' = drop the error)."""
+    loc = error["loc"]
+    tag_at = next((i for i, part in enumerate(loc) if part in _UNION_TAGS), None)
+    if tag_at is None:
+        return None
+    value: Any = raw
+    for part in loc[:tag_at]:
+        value = value[part] if isinstance(value, dict | list) else None
+    if isinstance(value, _UNION_TAGS[loc[tag_at]]):
+        return None  # the member that fits the input: its own error is the useful one
+    if any(isinstance(value, kind) for kind in _UNION_TAGS.values()):
+        return ""  # another member fits the input and reports for it
+    field = next((p for p in reversed(loc[:tag_at]) if isinstance(p, str)), "")
+    return f"{_loc((section, *loc[:tag_at]))}: expected {_UNION_EXPECTED.get(field, 'another type')}, found {value!r}"
 
 
 # Names other trainers (transformers TrainingArguments, peft LoraConfig, torchtune, axolotl) use
@@ -292,7 +318,9 @@ def validate_recipe(
         except ValidationError as exc:
             seen: set[str] = set()
             for error in exc.errors():
-                line = _describe(name, model, dict(error))
+                line = _union_error(name, value, dict(error))
+                if line is None:
+                    line = _describe(name, model, dict(error))
                 if line and line not in seen:
                     seen.add(line)
                     problems.append(line)

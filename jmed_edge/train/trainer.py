@@ -17,6 +17,7 @@ import logging
 import shutil
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,23 @@ log = logging.getLogger(__name__)
 
 RECIPE_FILE = "jmed_recipe.json"  # in the checkpoints folder: what the checkpoints were trained with
 LOG_FILE = "training_log.json"  # in the adapter: the Trainer's log history (loss, lr, tokens per step)
+
+
+@dataclass
+class _Run:
+    """What the manifest records about one training run, beyond the Trainer's own state."""
+
+    recipe: Recipe
+    base: Path
+    hardware: Any
+    stats: Any
+    targets: list[str]
+    train_examples: int
+    eval_examples: int
+    base_summary: dict[str, Any]
+    tokens_before: int = 0  # tokens seen by the run this one resumed
+    seconds: float = 0.0  # of training in this process (not evaluation)
+    eval_loss: float | None = None
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -152,18 +170,17 @@ def run_training(
     trainer, progress_cb = build_trainer(
         recipe, model, tokenizer, train_set, eval_set, ckpt, hardware, progress, callbacks
     )
-    started = time.perf_counter()
-    tokens_before = 0
+    run = _Run(recipe, base, hardware, stats, targets, len(train_set), len(eval_set), base_summary(base))
     if last is not None:
-        tokens_before = json.loads((last / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0)
+        run.tokens_before = json.loads((last / "trainer_state.json").read_text()).get(
+            "num_input_tokens_seen", 0
+        )
         log.info("resuming from %s", last)
-    info = {
-        "recipe": recipe, "base": base, "hardware": hardware, "stats": stats, "targets": targets,
-        "train_examples": len(train_set), "eval_examples": len(eval_set), "base_summary": base_summary(base),
-    }  # fmt: skip
+    started = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=str(last) if last else None)
     except KeyboardInterrupt:
+        run.seconds = time.perf_counter() - started
         if progress_cb is not None:
             progress_cb.close()
         step = trainer.state.global_step
@@ -171,13 +188,12 @@ def run_training(
             raise
         if _last_checkpoint(ckpt) != ckpt / f"checkpoint-{step}":
             trainer._save_checkpoint(trainer.model, trial=None)  # resumable state at this very step
-        info.update(seconds=time.perf_counter() - started, tokens_before=tokens_before)
-        _write_adapter(trainer, tokenizer, out, info, complete=False)
+        _write_adapter(trainer, tokenizer, out, run, complete=False)
         raise TrainingInterrupted(out, step, trainer.state.max_steps) from None
+    run.seconds = time.perf_counter() - started
     if eval_set:
-        info["eval_loss"] = trainer.evaluate()["eval_loss"]
-    info.update(seconds=time.perf_counter() - started, tokens_before=tokens_before)
-    _write_adapter(trainer, tokenizer, out, info, complete=True)
+        run.eval_loss = trainer.evaluate()["eval_loss"]
+    _write_adapter(trainer, tokenizer, out, run, complete=True)
     return out
 
 
@@ -194,7 +210,7 @@ def _prepare_checkpoints(ckpt: Path, recipe: Recipe, fresh: bool) -> None:
     state.wait_for_everyone()
 
 
-def _write_adapter(trainer: Any, tokenizer: Any, out: Path, info: dict[str, Any], complete: bool) -> None:
+def _write_adapter(trainer: Any, tokenizer: Any, out: Path, run: _Run, complete: bool) -> None:
     """Save the adapter (every process takes part, as FSDP gathers weights) and seal it into ``out``."""
     from accelerate import PartialState
 
@@ -210,7 +226,7 @@ def _write_adapter(trainer: Any, tokenizer: Any, out: Path, info: dict[str, Any]
             tokenizer.save_pretrained(tmp)
             history = trainer.state.log_history
             (tmp / LOG_FILE).write_text(json.dumps(history, indent=1), encoding="utf-8")
-            manifest = _manifest(trainer, info, complete)
+            manifest = _manifest(trainer, run, complete)
             card = _adapter_card(manifest)  # replaces peft's placeholder card
             (tmp / "README.md").write_text(card, encoding="utf-8")
             manifest.seal(tmp)
@@ -219,14 +235,11 @@ def _write_adapter(trainer: Any, tokenizer: Any, out: Path, info: dict[str, Any]
     state.wait_for_everyone()
 
 
-def _manifest(trainer: Any, info: dict[str, Any], complete: bool) -> Manifest:
-    recipe: Recipe = info["recipe"]
-    base: Path = info["base"]
-    state = trainer.state
+def _manifest(trainer: Any, run: _Run, complete: bool) -> Manifest:
+    recipe, base, stats, state = run.recipe, run.base, run.stats, trainer.state
     losses = [e["loss"] for e in state.log_history if "loss" in e]
-    tokens = (state.num_input_tokens_seen or 0) - info["tokens_before"]
+    tokens = (state.num_input_tokens_seen or 0) - run.tokens_before
     base_manifest = read_manifest(base, required=False)
-    stats = info["stats"]
     details = {
         "fingerprint": recipe_fingerprint(recipe),
         "complete": complete,
@@ -235,17 +248,17 @@ def _manifest(trainer: Any, info: dict[str, Any], complete: bool) -> Manifest:
         "epochs": round(state.epoch or 0.0, 3),
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
-        "eval_loss": info.get("eval_loss"),
+        "eval_loss": run.eval_loss,
         "tokens_seen": state.num_input_tokens_seen,
-        "tokens_per_second": round(tokens / max(info["seconds"], 1e-9), 1),
-        "train_seconds": round(info["seconds"], 1),
-        "device": info["hardware"].device,
-        "precision": info["hardware"].precision,
+        "tokens_per_second": round(tokens / max(run.seconds, 1e-9), 1),
+        "train_seconds": round(run.seconds, 1),
+        "device": run.hardware.device,
+        "precision": run.hardware.precision,
         "quantization": recipe.model.quantization,
-        "target_modules": info["targets"],
-        "base": info["base_summary"],
+        "target_modules": run.targets,
+        "base": run.base_summary,
         "data": data_hashes(recipe),
-        "examples": {"train": info["train_examples"], "eval": info["eval_examples"],
+        "examples": {"train": run.train_examples, "eval": run.eval_examples,
                      "truncated": stats.truncated, "dropped": stats.dropped, "per_file": stats.per_file},
     }  # fmt: skip
     return Manifest(

@@ -114,15 +114,25 @@ class JmedEdgeApp(App[None]):
         return next((a for a in self.artifacts if str(a.info.path) == str(path)), None)
 
     def show_error(self, exc: BaseException) -> None:
-        """A notification with the CLI's one-line message; the app keeps running."""
+        """A notification with the CLI's one-line message; the app keeps running.
+
+        With ``--debug`` a bug (anything but a ``JmedError``) closes the app with its traceback.
+        """
         if not isinstance(exc, JmedError):
             log.error("unexpected error in the TUI", exc_info=exc)
+            if self.debug_errors:
+                from rich.traceback import Traceback
+
+                self.panic(Traceback.from_exception(type(exc), exc, exc.__traceback__))
+                return
         self.notify(error_message(exc), severity="error", timeout=10)
 
     # --- navigation -----------------------------------------------------------------------
 
     def action_help(self) -> None:
-        if not isinstance(self.screen, HelpScreen):
+        if isinstance(self.screen, HelpScreen):
+            self.screen.dismiss()
+        else:
             self.push_screen(HelpScreen(self.current_mode))
 
     def open_with(self, mode: str, artifact: ArtifactView) -> None:

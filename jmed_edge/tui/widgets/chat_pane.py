@@ -79,6 +79,9 @@ class ChatPane(Vertical):
     def on_select_changed(self, event: Select.Changed) -> None:
         event.stop()
         self.border_subtitle = ""
+        if self.query(".msg") and event.value is not Select.NULL:
+            # The next question starts a new conversation: the other model has not seen this one.
+            self.add_message("note", f"new conversation with {self.labels.get(str(event.value), event.value)}")
 
     # --- messages -------------------------------------------------------------------------
 
@@ -135,7 +138,8 @@ class ChatPane(Vertical):
             if settings.template == "chat":
                 self.session.commit(turn)
             finish = "stopped" if turn.cancelled else turn.stats.finish_reason
-            app.from_worker(self._show_piece, reply, turn.answer, stats_line(turn.stats, finish))
+            answer = turn.answer or "(no text: the model ended its answer at once)"
+            app.from_worker(self._show_piece, reply, answer, stats_line(turn.stats, finish))
         except Exception as exc:
             app.from_worker(app.show_error, exc)
             app.from_worker(self._set_subtitle, "error")
