@@ -71,7 +71,10 @@ def test_quantized_types_record_bilingual_kl_against_f16(llama_gguf: dict[str, P
     kl = {}
     for name in ("Q8_0", "Q4_K_M"):
         manifest = read_manifest(llama_gguf[name])
-        assert manifest.parent["path"] == str(llama_gguf["F16"].resolve()) and manifest.parent["sha256"] == f16.sha256
+        assert (
+            manifest.parent["path"] == str(llama_gguf["F16"].resolve())
+            and manifest.parent["sha256"] == f16.sha256
+        )
         check = next(c for c in manifest.verification["checks"] if c["name"].startswith("quantization loss"))
         assert check["passed"] is None  # measured, never failing
         for lang in ("ja", "en"):
@@ -120,14 +123,16 @@ def test_corrupt_gguf_given_to_verify(run_cli, tmp_path: Path, tiny_llama: Path)
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF" + bytes(range(256)) * 8)
     code, _, err = run_cli("verify", bad, "--against", tiny_llama)
-    assert code == 2 and "bad.gguf is not a readable GGUF" in err and "re-convert it" in err
+    assert code == 2 and "bad.gguf is truncated or corrupt" in err and "re-convert it" in err
     assert err.count("\n") == 1 and "Traceback" not in err
     bad.write_bytes(b"not a gguf at all")
     code, _, err = run_cli("verify", bad, "--against", tiny_llama)
     assert code == 2 and "not a GGUF file" in err
 
 
-def test_changed_artifact_file_is_caught_by_its_manifest(run_cli, tmp_path: Path, llama_gguf: dict[str, Path]) -> None:
+def test_changed_artifact_file_is_caught_by_its_manifest(
+    run_cli, tmp_path: Path, llama_gguf: dict[str, Path]
+) -> None:
     copy = tmp_path / "Q8_0"
     shutil.copytree(llama_gguf["Q8_0"], copy)
     gguf = copy / "model-Q8_0.gguf"
@@ -136,8 +141,9 @@ def test_changed_artifact_file_is_caught_by_its_manifest(run_cli, tmp_path: Path
     assert code == 2 and "model-Q8_0.gguf has" in err and "manifest says" in err
 
 
-def test_source_tokenizer_edited_after_conversion_fails_parity(run_cli, tmp_path: Path, tiny_llama: Path,
-                                                               llama_gguf: dict[str, Path]) -> None:  # fmt: skip
+def test_source_tokenizer_edited_after_conversion_fails_parity(
+    run_cli, tmp_path: Path, tiny_llama: Path, llama_gguf: dict[str, Path]
+) -> None:
     import json
 
     src = tmp_path / "edited"

@@ -25,16 +25,18 @@ pytestmark = [
 def tiny256(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from jmed_edge.testing.tiny_models import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny256", "llama", hidden_size=256,
-                            intermediate_size=512)  # fmt: skip
+    return build_tiny_model(
+        tmp_path_factory.mktemp("models") / "tiny256", "llama", hidden_size=256, intermediate_size=512
+    )
 
 
 @pytest.fixture(scope="module")
 def converted(tiny256: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from jmed_edge.convert.gguf import convert_to_gguf
 
-    return convert_to_gguf(tiny256, tmp_path_factory.mktemp("gguf") / "out", quants="q4_k_m,iq3_m,q8_0",
-                           imatrix="auto")  # fmt: skip
+    return convert_to_gguf(
+        tiny256, tmp_path_factory.mktemp("gguf") / "out", quants="q4_k_m,iq3_m,q8_0", imatrix="auto"
+    )
 
 
 def test_imatrix_is_recorded_for_the_types_that_use_it(converted: dict[str, Path]) -> None:
@@ -45,7 +47,9 @@ def test_imatrix_is_recorded_for_the_types_that_use_it(converted: dict[str, Path
         assert record["mode"] == "auto" and record["sha256"] == sha256_file(imatrix_file)
         calibration = record["calibration"]
         assert calibration["languages"] == ["ja", "en"] and len(calibration["sha256"]) == 64
-        assert record["chunks"] >= 2 and calibration["chunks"] == record["chunks"] and calibration["tokens"] > 0
+        assert (
+            record["chunks"] >= 2 and calibration["chunks"] == record["chunks"] and calibration["tokens"] > 0
+        )
     assert read_manifest(converted["Q8_0"]).details["imatrix"] is None  # 8 bits gain nothing from it
 
 
@@ -65,8 +69,11 @@ def test_bindings_quantize_exactly_like_llama_quantize(converted: dict[str, Path
     ours = converted["Q4_K_M"] / "model-Q4_K_M.gguf"
     theirs = tmp_path / "tool.gguf"
     imatrix = converted["F16"].parent / "imatrix-medical-ja-en.gguf"
-    subprocess.run([str(quantize_binary()), "--imatrix", str(imatrix), str(f16), str(theirs), "Q4_K_M", "2"],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [str(quantize_binary()), "--imatrix", str(imatrix), str(f16), str(theirs), "Q4_K_M", "2"],
+        check=True,
+        capture_output=True,
+    )
     a, b = GGUFReader(ours), GGUFReader(theirs)
     tensors_b = {t.name: t for t in b.tensors}
     assert len(a.tensors) == len(tensors_b)
@@ -74,7 +81,11 @@ def test_bindings_quantize_exactly_like_llama_quantize(converted: dict[str, Path
         other = tensors_b[tensor.name]
         assert tensor.tensor_type == other.tensor_type, tensor.name
         assert np.array_equal(np.asarray(tensor.data), np.asarray(other.data)), tensor.name
-    for key in ("quantize.imatrix.entries_count", "quantize.imatrix.chunks_count", "quantize.imatrix.dataset"):
+    for key in (
+        "quantize.imatrix.entries_count",
+        "quantize.imatrix.chunks_count",
+        "quantize.imatrix.dataset",
+    ):
         assert a.get_field(key).contents() == b.get_field(key).contents()
 
 

@@ -27,8 +27,12 @@ def adapter(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
-    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"],
-                        task_type="CAUSAL_LM")  # fmt: skip
+    config = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"],
+        task_type="CAUSAL_LM",
+    )
     peft_model = get_peft_model(model, config)
     torch.manual_seed(1)
     with torch.no_grad():  # a fresh adapter has B = 0 (no effect); give it one
@@ -44,7 +48,9 @@ def adapter(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def base_f16(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from jmed_edge.convert.gguf import convert_to_gguf
 
-    return convert_to_gguf(tiny_llama, tmp_path_factory.mktemp("gguf") / "base", quants=(), verify=False)["F16"]
+    return convert_to_gguf(tiny_llama, tmp_path_factory.mktemp("gguf") / "base", quants=(), verify=False)[
+        "F16"
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +60,9 @@ def lora_gguf(adapter: Path, base_f16: Path, tmp_path_factory: pytest.TempPathFa
     return convert_lora(adapter, tmp_path_factory.mktemp("gguf") / "lora", base_gguf=base_f16)
 
 
-def test_gguf_lora_matches_peft_and_the_check_is_meaningful(lora_gguf: Path, adapter: Path, base_f16: Path) -> None:
+def test_gguf_lora_matches_peft_and_the_check_is_meaningful(
+    lora_gguf: Path, adapter: Path, base_f16: Path
+) -> None:
     manifest = read_manifest(lora_gguf)
     assert manifest.kind == "gguf-lora" and manifest.format == "gguf-lora"
     assert manifest.parent["path"] == str(adapter.resolve())
@@ -80,11 +88,14 @@ def test_the_runtime_applies_the_lora_from_the_manifest(lora_gguf: Path) -> None
 def test_verify_cli_reruns_the_adapter_check(run_cli, lora_gguf: Path) -> None:
     code, out, err = run_cli("verify", lora_gguf, "--no-record")
     assert code == 0, err
-    assert "✓ adapter parity: base GGUF + GGUF LoRA vs peft" in out and "adapter effect: peft vs its base: KL" in out
+    assert (
+        "✓ adapter parity: base GGUF + GGUF LoRA vs peft" in out
+        and "adapter effect: peft vs its base: KL" in out
+    )
 
 
 def test_cli_without_base_gguf_checks_on_a_temporary_base(run_cli, adapter: Path, tmp_path: Path) -> None:
-    code, out, err = run_cli("convert", adapter, "--to", "gguf-lora", "--out", tmp_path / "lora")
+    code, _, err = run_cli("convert", adapter, "--to", "gguf-lora", "--out", tmp_path / "lora")
     assert code == 0, err
     assert "temporary F16 GGUF" in err and "✓ adapter parity" in err
     assert read_manifest(tmp_path / "lora").details["base_gguf"] is None

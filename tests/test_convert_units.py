@@ -18,7 +18,9 @@ from jmed_edge.convert.presets import load_preset, shipped_presets
 from jmed_edge.convert.quant_types import QUANT_TYPES, parse_quants, quant_type
 from jmed_edge.errors import ArtifactError, ConfigError, DataError, DiskSpaceError, ModelError
 
-needs_tools = pytest.mark.skipif(not tools_status()[0], reason="llama.cpp converter not set up (jmed-edge setup)")
+needs_tools = pytest.mark.skipif(
+    not tools_status()[0], reason="llama.cpp converter not set up (jmed-edge setup)"
+)
 
 
 # --- quant types and presets ---------------------------------------------------------------------
@@ -30,7 +32,9 @@ def test_quant_list_accepts_any_case_and_llama_cpp_aliases() -> None:
 
 
 def test_unknown_quant_suggests_the_closest() -> None:
-    with pytest.raises(ConfigError, match=r'unknown quant type "Q4_KM" \(did you mean "q4_k_m"\?\); known: f32'):
+    with pytest.raises(
+        ConfigError, match=r'unknown quant type "Q4_KM" \(did you mean "q4_k_m"\?\); known: f32'
+    ):
         quant_type("Q4_KM")
 
 
@@ -58,7 +62,7 @@ def test_preset_problems_are_reported_together(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_preset(bad)
     assert "device" in str(err.value) and 'did you mean "q4_k_m"' in str(err.value)
-    with pytest.raises(ConfigError, match='unknown preset "cpu-8g".*did you mean "cpu-8gb"'):
+    with pytest.raises(ConfigError, match=r'unknown preset "cpu-8g".*did you mean "cpu-8gb"'):
         load_preset("cpu-8g")
 
 
@@ -112,7 +116,7 @@ def test_not_an_imatrix_is_refused(tmp_path: Path) -> None:
     (tmp_path / "x.dat").write_bytes(b"\x00\x00")
     with pytest.raises(ConfigError, match="not a readable importance matrix"):
         load_imatrix(tmp_path / "x.dat")
-    with pytest.raises(ConfigError, match="does not exist.*--imatrix auto"):
+    with pytest.raises(ConfigError, match=r"does not exist.*--imatrix auto"):
         load_imatrix(tmp_path / "missing.gguf")
 
 
@@ -180,7 +184,9 @@ def test_truncated_safetensors(tmp_path: Path, tiny_llama: Path) -> None:
     shutil.copytree(tiny_llama, src)
     weights = src / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    with pytest.raises(ModelError, match=r"model.safetensors is truncated \(\d+ bytes, its header needs \d+\)"):
+    with pytest.raises(
+        ModelError, match=r"model.safetensors is truncated \(\d+ bytes, its header needs \d+\)"
+    ):
         convert_to_gguf(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -194,21 +200,25 @@ def test_iq_types_need_an_imatrix(tmp_path: Path, tiny_llama: Path) -> None:
 
 @needs_tools
 def test_unknown_quant_on_the_command_line(run_cli, tmp_path: Path, tiny_llama: Path) -> None:
-    code, _, err = run_cli("convert", tiny_llama, "--to", "gguf", "--quant", "q8_0,q4km", "--out", tmp_path / "o")
+    code, _, err = run_cli(
+        "convert", tiny_llama, "--to", "gguf", "--quant", "q8_0,q4km", "--out", tmp_path / "o"
+    )
     assert code == 2 and 'unknown quant type "q4km"' in err and "did you mean" in err
     assert not (tmp_path / "o").exists()
 
 
 @needs_tools
 def test_unknown_pre_tokenizer_name(tmp_path: Path, tiny_llama: Path) -> None:
-    with pytest.raises(ConfigError, match='unknown pre-tokenizer "llama-bpf" \\(did you mean "llama-bpe"\\?\\)'):
+    with pytest.raises(
+        ConfigError, match='unknown pre-tokenizer "llama-bpf" \\(did you mean "llama-bpe"\\?\\)'
+    ):
         convert_to_gguf(tiny_llama, tmp_path / "out", pre_tokenizer="llama-bpf")
 
 
 @needs_tools
 def test_no_disk_space(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_llama: Path) -> None:
     monkeypatch.setattr("jmed_edge.fsutil.free_bytes", lambda path: 1000)
-    with pytest.raises(DiskSpaceError, match="needs about .* but only 1000 B is free"):
+    with pytest.raises(DiskSpaceError, match=r"needs about .* but only 1000 B is free"):
         convert_to_gguf(tiny_llama, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

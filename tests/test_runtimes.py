@@ -101,6 +101,15 @@ def test_continuation_scores_agree_and_hf_batching_is_invisible(pair) -> None:
     alone = hf.score_continuations(short, [" A", " B"])
     assert [s.logprob for s in batched[0]] == pytest.approx([s.logprob for s in a], abs=1e-4)
     assert [s.logprob for s in batched[1]] == pytest.approx([s.logprob for s in alone], abs=1e-4)
+    # Prompts sharing a long prefix: the prefix runs once and its KV cache is reused; the
+    # numbers equal those read off the full logits of each prompt alone.
+    letters = [" A", " B", " C", " D"]
+    contexts = [MCQ, MCQ.replace("heparin", "warfarin"), MCQ + " Final"]
+    for context, scores in zip(contexts, hf.score_batch([(c, letters) for c in contexts]), strict=True):
+        ids = hf.tokenize(context, add_special=True)
+        last = log_softmax(hf.logits(ids))[-1]
+        expected = [last[hf.tokenize(context + x, add_special=True)[-1]] for x in letters]
+        assert [s.logprob for s in scores] == pytest.approx(expected, abs=1e-4)
 
 
 @pytest.mark.slow

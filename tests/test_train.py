@@ -16,6 +16,7 @@ from jmed_edge.train import (
     TrainingInterrupted,
     adapter_matches,
     checkpoints_dir,
+    last_checkpoint,
     load_recipe,
     recipe_fingerprint,
     run_training,
@@ -160,7 +161,7 @@ def test_resume_continues_at_the_same_step_with_the_same_data(tmp_path, tiny_lla
     assert stop.value.step == 4
     partial = read_manifest(out)  # Ctrl-C saved the adapter so far
     assert not partial.details["complete"] and partial.details["steps"] == 4
-    assert (checkpoints_dir(out) / "checkpoint-4").is_dir()
+    assert (checkpoints_dir(out) / "checkpoint-4").is_dir() and last_checkpoint(out).name == "checkpoint-4"
     assert not adapter_matches(out, load_recipe(recipe))
 
     with pytest.raises(ArtifactError, match="--resume"):

@@ -200,3 +200,19 @@ def test_eval_split_is_seeded_and_disjoint():
     assert len(split_eval(examples, 5, seed=3)[1]) == 5
     with pytest.raises(DataError, match="leaves no training examples"):
         split_eval(examples[:1], 0.4, seed=3)
+
+
+def test_length_grouped_order_is_seeded_complete_and_not_longest_first():
+    from jmed_edge.train.loop import LengthGroupedOrder
+
+    lengths = [(i * 37) % 101 + 1 for i in range(203)]
+    order = LengthGroupedOrder(lengths, batch_size=4, seed=7, mega=10)
+    first = list(order)
+    assert sorted(first) == list(range(203)) and first == list(order)
+    batches = [first[i : i + 4] for i in range(0, 200, 4)]
+    mega_spread = max(lengths) - min(lengths)
+    assert all(max(lengths[i] for i in b) - min(lengths[i] for i in b) < mega_spread / 4 for b in batches)
+    longest = [max(lengths[i] for i in b) for b in batches[:10]]
+    assert longest != sorted(longest, reverse=True)  # batch order is shuffled, not longest-first
+    order.set_epoch(1)
+    assert list(order) != first

@@ -272,6 +272,12 @@ def test_chat_side_by_side_streams_both_with_their_speeds(root: Path):
         assert text_of(left.query(".msg.assistant").last()).startswith("高血圧の第一選択薬には")
         assert text_of(right.query(".msg.assistant").last()).startswith("第一選択薬はACE阻害薬")
         assert "31.5 tok/s" in left.border_subtitle and "58.2 tok/s" in right.border_subtitle
+        # In the text field digits are typed; F2-F5 switch screens from anywhere.
+        app.screen.query_one("#prompt", TextArea).focus()
+        await pilot.press("4")
+        assert app.current_mode == "chat" and app.screen.query_one("#prompt", TextArea).text == "4"
+        await pilot.press("f5")
+        assert app.current_mode == "report"
 
     drive(app, scenario)
 

@@ -47,7 +47,7 @@ def test_missing_chat_template_fails(tmp_path: Path, tiny_qwen2: Path) -> None:
     config.pop("chat_template", None)
     (src / "tokenizer_config.json").write_text(json.dumps(config))
     (src / "chat_template.jinja").unlink(missing_ok=True)
-    with pytest.raises(VerificationError, match="chat template: the GGUF has no tokenizer.chat_template"):
+    with pytest.raises(VerificationError, match=r"chat template: the GGUF has no tokenizer\.chat_template"):
         convert_to_gguf(src, tmp_path / "out", quants=())
     assert not (tmp_path / "out" / "F16").exists()
 
@@ -62,11 +62,24 @@ def test_unrecognised_pre_tokenizer_asks_for_the_option(tmp_path: Path, tiny_lla
     assert "llama-bpe" in message and "qwen2" in message and "\n" not in message
     assert not (tmp_path / "out" / "F16").exists()
 
-    code, out, err_text = run_cli("convert", src, "--to", "gguf", "--quant", "f16", "--pre-tokenizer", "llama-bpe",
-                                  "--out", tmp_path / "out")  # fmt: skip
+    code, _, err_text = run_cli(
+        "convert",
+        src,
+        "--to",
+        "gguf",
+        "--quant",
+        "f16",
+        "--pre-tokenizer",
+        "llama-bpe",
+        "--out",
+        tmp_path / "out",
+    )
     assert code == 0, err_text
     assert "pre-tokenizer 'llama-bpe' (--pre-tokenizer) overrides" in err_text
     manifest = read_manifest(tmp_path / "out" / "F16")
     assert manifest.details["pre_tokenizer"] == "llama-bpe"
-    assert manifest.details["pre_tokenizer_source"] == "--pre-tokenizer" and manifest.config["pre_tokenizer"] == "llama-bpe"
+    assert (
+        manifest.details["pre_tokenizer_source"] == "--pre-tokenizer"
+        and manifest.config["pre_tokenizer"] == "llama-bpe"
+    )
     assert manifest.verification["passed"] and manifest.parent["kind"] == "external"

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LMEVAL_VENV = ROOT / ".venv-lmeval"
 LMEVAL_SPEC = "lm-eval[hf]==0.4.13"
 TASK = "jmed_medqa_synth"
+DEV_SIZE = 5  # extra variants written as the dev split (few-shot examples)
 # Stem rewordings for the synthetic variants (the question text itself is unchanged).
 STEMS = (
     "{q}",
@@ -74,20 +75,23 @@ def make_questions(n: int, seed: int) -> list[dict]:
     raise SystemExit(f"the sample yields only {len(out)} variants; ask for --n {len(out)} or fewer")
 
 
-def write_inputs(questions: list[dict], work: Path) -> tuple[Path, Path]:
-    """The MedQA JSONL for jmed-edge, and the same prompts, rendered, for an lm-eval task."""
-    from jmed_edge.bench.prompting import build_prompt, letter_continuations
+def write_inputs(questions: list[dict], dev: list[dict], work: Path, shots: int) -> tuple[Path, Path]:
+    """A MedQA folder (test + dev) for jmed-edge, and the same prompts, rendered, for lm-eval."""
+    from jmed_edge.bench.prompting import build_prompt, letter_continuations, pick_shots
     from jmed_edge.bench.registry import load_benchmark
 
-    medqa = work / "medqa-synth.jsonl"
-    medqa.write_text("".join(json.dumps(q) + "\n" for q in questions), encoding="utf-8")
-    records = load_benchmark(f"medqa:{medqa}").records
+    medqa = work / "medqa-synth"
+    medqa.mkdir(parents=True, exist_ok=True)
+    (medqa / "test.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions), encoding="utf-8")
+    (medqa / "dev.jsonl").write_text("".join(json.dumps(q) + "\n" for q in dev), encoding="utf-8")
+    bench = load_benchmark(f"medqa:{medqa}")
+    records, examples = bench.records, pick_shots(bench.dev, "en", shots)
     task_dir = work / "lmeval-task"
     task_dir.mkdir(exist_ok=True)
     docs = task_dir / "docs.jsonl"
     with open(docs, "w", encoding="utf-8") as fh:
         for q in records:
-            prompt = build_prompt(q, "medpalm")
+            prompt = build_prompt(q, "medpalm", examples)
             doc = {"id": q.id, "query": prompt, "choices": letter_continuations(prompt, q),
                    "gold": "abcd".index(q.answer[0])}  # fmt: skip
             fh.write(json.dumps(doc, ensure_ascii=False) + "\n")
@@ -126,16 +130,19 @@ def offline_env(threads: int) -> dict[str, str]:
                 OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")  # fmt: skip
 
 
-def run_jmed(artifact: Path, medqa: Path, out: Path, batch: int, threads: int) -> dict:
+def run_jmed(artifact: Path, medqa: Path, out: Path, batch: int, threads: int, shots: int) -> dict:
     cmd = [sys.executable, "-m", "jmed_edge", "bench", str(artifact), "--benchmark", f"medqa:{medqa}",
-           "--out", str(out), "--force", "--batch-size", str(batch), "--n-threads", str(threads), "--json"]  # fmt: skip
+           "--out", str(out), "--force", "--batch-size", str(batch), "--n-threads", str(threads),
+           "--shots", str(shots), "--json"]  # fmt: skip
     started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=offline_env(threads))
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"jmed-edge bench failed:\n{done.stderr[-3000:]}")
     summary = json.loads(done.stdout)[0]
-    rows = [json.loads(line) for line in Path(summary["out_dir"], "predictions.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in Path(summary["out_dir"], "predictions.jsonl").read_text().splitlines()
+    ]
     return {"summary": summary, "wall_seconds": wall, "picks": {r["id"]: r["pred"][0] for r in rows}}
 
 
@@ -170,6 +177,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "perf" / "bench_vs_lmeval")
     parser.add_argument("--n", type=int, default=200, help="number of synthetic questions")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--shots", type=int, default=0, help="few-shot examples (same rendered prompt in both)"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--skip-lmeval", action="store_true", help="only run jmed-edge (HF and GGUF)")
@@ -181,11 +191,14 @@ def main() -> int:
     model = args.model or materialise()
     work = args.out
     work.mkdir(parents=True, exist_ok=True)
-    medqa, task_dir = write_inputs(make_questions(args.n, args.seed), work)
-    print(f"{args.n} questions in {medqa}; model {model}; {args.threads} threads, batch {args.batch_size}")
+    questions = make_questions(args.n + DEV_SIZE, args.seed)
+    medqa, task_dir = write_inputs(questions[: args.n], questions[args.n :], work, args.shots)
+    print(f"{args.n} questions in {medqa}; model {model}; {args.shots}-shot; {args.threads} threads, "
+          f"batch {args.batch_size}")  # fmt: skip
 
-    results: dict = {"model": str(model), "n": args.n, "threads": args.threads, "batch_size": args.batch_size}
-    jmed = run_jmed(model, medqa, work / "jmed", args.batch_size, args.threads)
+    results: dict = {"model": str(model), "n": args.n, "shots": args.shots, "threads": args.threads,
+                     "batch_size": args.batch_size}  # fmt: skip
+    jmed = run_jmed(model, medqa, work / "jmed", args.batch_size, args.threads, args.shots)
     s = jmed["summary"]
     results["jmed_hf"] = {"accuracy": s["accuracy"], "wall_seconds": round(jmed["wall_seconds"], 1),
                           "eval_qps": s["timings"]["questions_per_second"],
@@ -202,7 +215,7 @@ def main() -> int:
         from jmed_edge.convert.gguf import convert_to_gguf
 
         q8 = convert_to_gguf(model, work / "gguf", quants=("q8_0",), verify=False, force=True)["Q8_0"]
-        gg = run_jmed(q8, medqa, work / "jmed-gguf", args.batch_size, args.threads)
+        gg = run_jmed(q8, medqa, work / "jmed-gguf", args.batch_size, args.threads, args.shots)
         g = gg["summary"]
         results["jmed_gguf_q8_0"] = {"accuracy": g["accuracy"], "wall_seconds": round(gg["wall_seconds"], 1),
                                      "eval_qps": g["timings"]["questions_per_second"],
@@ -219,7 +232,7 @@ def _print_table(r: dict) -> None:
     from rich.table import Table
 
     n = r["n"]
-    table = Table(title=f"{n} MedQA-format questions, letter log-likelihood, 0-shot")
+    table = Table(title=f"{n} MedQA-format questions, letter log-likelihood, {r['shots']}-shot")
     for col in ("harness", "accuracy", "wall s (incl. start-up)", "questions/s (wall)"):
         table.add_column(col)
     rows = [("jmed-edge (HF)", r["jmed_hf"]), ("lm-eval 0.4.13 (HF)", r.get("lmeval_hf")),

@@ -54,7 +54,7 @@ def measure(path: str, commands: list[list[str]], env: dict[str, str] | None = N
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         stop = threading.Event()
 
-        def sample(pid: int = proc.pid) -> None:
+        def sample(pid: int = proc.pid, stop: threading.Event = stop) -> None:
             nonlocal peak
             while not stop.is_set():
                 try:
@@ -84,20 +84,48 @@ def direct_commands(model: Path, work: Path, quant: str) -> tuple[list[list[str]
     env = dict(os.environ, PYTHONPATH=str(converter / "gguf-py"))
     f16 = work / "direct-f16.gguf"
     return [
-        [sys.executable, str(converter / "convert_hf_to_gguf.py"), str(model), "--outtype", "f16", "--outfile", str(f16)],
-        [str(quantize_binary()), str(f16), str(work / f"direct-{quant}.gguf"), quant.upper(), str(os.cpu_count() or 2)],
+        [
+            sys.executable,
+            str(converter / "convert_hf_to_gguf.py"),
+            str(model),
+            "--outtype",
+            "f16",
+            "--outfile",
+            str(f16),
+        ],
+        [
+            str(quantize_binary()),
+            str(f16),
+            str(work / f"direct-{quant}.gguf"),
+            quant.upper(),
+            str(os.cpu_count() or 2),
+        ],
     ], env
 
 
 def ours_commands(model: Path, out: Path, quant: str, verify: bool) -> list[list[str]]:
-    cmd = [sys.executable, "-m", "jmed_edge", "convert", str(model), "--to", "gguf", "--quant", quant, "--out", str(out),
-           "--force"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "jmed_edge",
+        "convert",
+        str(model),
+        "--to",
+        "gguf",
+        "--quant",
+        quant,
+        "--out",
+        str(out),
+        "--force",
+    ]
     return [cmd if verify else [*cmd, "--no-verify"]]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="default", help="HF model folder (default: the embedded default model)")
+    parser.add_argument(
+        "--model", default="default", help="HF model folder (default: the embedded default model)"
+    )
     parser.add_argument("--quant", default="q4_k_m")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
@@ -117,12 +145,19 @@ def main() -> int:
             with console.status(f"round {round_ + 1}/{args.repeats}: llama.cpp tools directly"):
                 runs["direct"].append(measure("direct", direct_cmds, direct_env))
             with console.status(f"round {round_ + 1}/{args.repeats}: jmed-edge convert --no-verify"):
-                runs["jmed-edge"].append(measure("jmed-edge", ours_commands(source.path, work / "ours", args.quant, False)))
+                runs["jmed-edge"].append(
+                    measure("jmed-edge", ours_commands(source.path, work / "ours", args.quant, False))
+                )
         out = work / "ours"
         quant_dir = out / args.quant.upper()
         with console.status("jmed-edge verify (F16 and the quantized type)"):
-            verify = measure("verify", [[sys.executable, "-m", "jmed_edge", "verify", str(out / "F16"), "--no-record"],
-                                        [sys.executable, "-m", "jmed_edge", "verify", str(quant_dir), "--no-record"]])  # fmt: skip
+            verify = measure(
+                "verify",
+                [
+                    [sys.executable, "-m", "jmed_edge", "verify", str(out / "F16"), "--no-record"],
+                    [sys.executable, "-m", "jmed_edge", "verify", str(quant_dir), "--no-record"],
+                ],
+            )
         sizes = {"model": source.weight_bytes, "f16": (out / "F16" / "model-F16.gguf").stat().st_size}
     finally:
         if args.work is None:
@@ -130,23 +165,48 @@ def main() -> int:
     best = {name: min(rs, key=lambda r: r.wall_s) for name, rs in runs.items()}
     best_cpu = {name: min(r.cpu_s for r in rs) for name, rs in runs.items()}
     d, o = best["direct"], best["jmed-edge"]
-    table = Table(title=f"HF -> F16 -> {args.quant.upper()} GGUF: {source.name} ({source.weight_bytes / 1024**2:,.0f} MB)")
+    table = Table(
+        title=f"HF -> F16 -> {args.quant.upper()} GGUF: {source.name} ({source.weight_bytes / 1024**2:,.0f} MB)"
+    )
     for column in ("path", "wall s", "CPU s", "peak RSS", "peak / model size"):
         table.add_column(column, justify="left" if column == "path" else "right")
-    for name, run in (("llama.cpp direct", d), ("jmed-edge convert", o), ("jmed-edge verify (F16 + quant)", verify)):
+    for name, run in (
+        ("llama.cpp direct", d),
+        ("jmed-edge convert", o),
+        ("jmed-edge verify (F16 + quant)", verify),
+    ):
         cpu = best_cpu.get(run.path, run.cpu_s)
-        table.add_row(name, f"{run.wall_s:.1f}", f"{cpu:.1f}", f"{run.peak_rss / 1024**2:,.0f} MB",
-                      f"{run.peak_rss / sizes['model']:.2f}x")  # fmt: skip
-    table.add_row("ratio jmed-edge / direct", f"{o.wall_s / d.wall_s:.2f}x", f"{best_cpu['jmed-edge'] / best_cpu['direct']:.2f}x",
-                  f"{o.peak_rss / d.peak_rss:.2f}x", "", style="bold")  # fmt: skip
+        table.add_row(
+            name,
+            f"{run.wall_s:.1f}",
+            f"{cpu:.1f}",
+            f"{run.peak_rss / 1024**2:,.0f} MB",
+            f"{run.peak_rss / sizes['model']:.2f}x",
+        )
+    table.add_row(
+        "ratio jmed-edge / direct",
+        f"{o.wall_s / d.wall_s:.2f}x",
+        f"{best_cpu['jmed-edge'] / best_cpu['direct']:.2f}x",
+        f"{o.peak_rss / d.peak_rss:.2f}x",
+        "",
+        style="bold",
+    )
     console.print(table)
-    console.print(f"goals: time ratio <= 1.1x, peak RAM <= 1.2x the model's size ({sizes['model'] / 1024**2:,.0f} MB "
-                  f"safetensors; F16 GGUF {sizes['f16'] / 1024**2:,.0f} MB)")  # fmt: skip
+    console.print(
+        f"goals: time ratio <= 1.1x, peak RAM <= 1.2x the model's size ({sizes['model'] / 1024**2:,.0f} MB "
+        f"safetensors; F16 GGUF {sizes['f16'] / 1024**2:,.0f} MB)"
+    )
     if args.json:
-        result = {"model": str(source.path), "quant": args.quant, "sizes": sizes, "verify": asdict(verify),
-                  "runs": {k: [asdict(r) for r in v] for k, v in runs.items()},
-                  "ratio_wall": o.wall_s / d.wall_s, "ratio_cpu": best_cpu["jmed-edge"] / best_cpu["direct"],
-                  "peak_over_model": o.peak_rss / sizes["model"]}  # fmt: skip
+        result = {
+            "model": str(source.path),
+            "quant": args.quant,
+            "sizes": sizes,
+            "verify": asdict(verify),
+            "runs": {k: [asdict(r) for r in v] for k, v in runs.items()},
+            "ratio_wall": o.wall_s / d.wall_s,
+            "ratio_cpu": best_cpu["jmed-edge"] / best_cpu["direct"],
+            "peak_over_model": o.peak_rss / sizes["model"],
+        }
         args.json.write_text(json.dumps(result, indent=2))
     return 0
 

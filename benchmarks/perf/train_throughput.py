@@ -19,6 +19,7 @@ import json
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    warnings.filterwarnings("ignore", category=FutureWarning)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     logging.getLogger("jmed_edge").setLevel(logging.ERROR)
     if args.threads:
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(name, str(len(results)), f"{top['tokens']:,}", f"{top['seconds']:.1f}", f"{top['tps']:,.0f}",
                       f"{statistics.median(r['tps'] for r in results):,.0f}", f"{best_cpu[name]:,.0f}",
                       f"{top['loss']:.3f}")  # fmt: skip
-    console = Console()
+    console = Console(width=max(Console().width, 120))
     console.print(table)
     console.print(
         f"jmed-edge / plain: [bold]{ratio:.2f}x[/] tokens (not padding) per second, "

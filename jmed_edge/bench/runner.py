@@ -84,6 +84,7 @@ class RunPlan:
     question_set_hash: str
     sha256: str
     identity: dict[str, Any]
+    shots: dict[str, list[Question]]
 
     def conflict(self) -> str | None:
         """Why the folder cannot be resumed with these settings, or None."""
@@ -126,12 +127,13 @@ def plan_run(
     info = artifact if isinstance(artifact, ArtifactInfo) else describe(Path(artifact))
     name = artifact_label(info)
     items, mode_skipped, langs = select_items(bench, settings)
+    shots = {lang: _shots(bench, lang, settings.shots) for lang in langs}
     qhash = question_set_hash((q.id, q.lang) for q in items)
     sha = artifact_sha256(info)
     identity = {**settings.identity(), "langs": langs, "artifact_sha256": sha,
                 "benchmark_version": bench.version, "question_set_hash": qhash}  # fmt: skip
     return RunPlan(info, bench, name, Path(out_dir) / name / bench.label, items, mode_skipped, langs, qhash,
-                   sha, identity)  # fmt: skip
+                   sha, identity, shots)  # fmt: skip
 
 
 def _bind_run(plan: RunPlan, force: bool) -> None:
@@ -209,7 +211,7 @@ def run_benchmark(
     done_rows = [r for r in done_rows if (r["id"], r["lang"]) in wanted]
     done_keys = {(r["id"], r["lang"]) for r in done_rows}
     todo = [q for q in items if (q.id, q.lang) not in done_keys]
-    shots = {lang: _shots(bench, lang, settings.shots) for lang in langs}
+    shots = plan.shots
 
     own_runtime = runtime is None and bool(todo)
     load_seconds = 0.0

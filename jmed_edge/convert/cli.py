@@ -25,20 +25,46 @@ examples:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EXAMPLES
-    parser.add_argument("src", nargs="?", help="Hugging Face model folder, peft adapter (--to gguf-lora), or 'default'")
-    parser.add_argument("--to", default="gguf", metavar="TARGET", help=f"one of: {', '.join(TARGETS.names())} (default gguf)")
-    parser.add_argument("--out", type=Path, help="output folder; each type gets its own artifact folder inside")
-    parser.add_argument("--quant", metavar="LIST", help="comma-separated llama.cpp types, e.g. q8_0,q4_k_m (default: q8_0,q4_k_m)")
-    parser.add_argument("--preset", metavar="NAME", help="target-machine preset (see --list-presets) or a preset YAML file")
-    parser.add_argument("--imatrix", metavar="auto|FILE|none",
-                        help="importance matrix for low-bit types: 'auto' computes one from bundled ja/en medical text")
-    parser.add_argument("--outtype", choices=("f16", "bf16"), help="16-bit type of the base GGUF (default f16)")
-    parser.add_argument("--pre-tokenizer", metavar="NAME",
-                        help="llama.cpp BPE pre-tokenizer name, overriding its hash lookup (recorded in the manifest)")
-    parser.add_argument("--base-gguf", type=Path, metavar="PATH",
-                        help="gguf-lora: the base model's F16 GGUF to check the adapter on (else a temporary one)")
+    parser.add_argument(
+        "src", nargs="?", help="Hugging Face model folder, peft adapter (--to gguf-lora), or 'default'"
+    )
+    parser.add_argument(
+        "--to", default="gguf", metavar="TARGET", help=f"one of: {', '.join(TARGETS.names())} (default gguf)"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="output folder; each type gets its own artifact folder inside"
+    )
+    parser.add_argument(
+        "--quant",
+        metavar="LIST",
+        help="comma-separated llama.cpp types, e.g. q8_0,q4_k_m (default: q8_0,q4_k_m)",
+    )
+    parser.add_argument(
+        "--preset", metavar="NAME", help="target-machine preset (see --list-presets) or a preset YAML file"
+    )
+    parser.add_argument(
+        "--imatrix",
+        metavar="auto|FILE|none",
+        help="importance matrix for low-bit types: 'auto' computes one from bundled ja/en medical text",
+    )
+    parser.add_argument(
+        "--outtype", choices=("f16", "bf16"), help="16-bit type of the base GGUF (default f16)"
+    )
+    parser.add_argument(
+        "--pre-tokenizer",
+        metavar="NAME",
+        help="llama.cpp BPE pre-tokenizer name, overriding its hash lookup (recorded in the manifest)",
+    )
+    parser.add_argument(
+        "--base-gguf",
+        type=Path,
+        metavar="PATH",
+        help="gguf-lora: the base model's F16 GGUF to check the adapter on (else a temporary one)",
+    )
     parser.add_argument("--force", action="store_true", help="replace existing artifact folders")
-    parser.add_argument("--no-verify", action="store_true", help="skip the checks against the source (not recommended)")
+    parser.add_argument(
+        "--no-verify", action="store_true", help="skip the checks against the source (not recommended)"
+    )
     parser.add_argument("--list-presets", action="store_true", help="list target-machine presets and exit")
     parser.add_argument("--list-quants", action="store_true", help="list quantization types and exit")
     parser.set_defaults(func=_main)
@@ -55,7 +81,9 @@ def _main(args: argparse.Namespace) -> int:
     if args.list_quants:
         return _list_quants(console)
     if not args.src or not args.out:
-        raise ConfigError("convert needs SRC and --out, e.g.: jmed-edge convert runs/merged --to gguf --out runs/gguf")
+        raise ConfigError(
+            "convert needs SRC and --out, e.g.: jmed-edge convert runs/merged --to gguf --out runs/gguf"
+        )
     from jmed_edge.convert.console import artifacts_table, quiet_libraries
 
     target = TARGETS.get(args.to)
@@ -87,10 +115,16 @@ def to_gguf(args: argparse.Namespace, console) -> dict[str, Path]:
         if imatrix == "none":
             imatrix = None
         return convert_to_gguf(
-            args.src, args.out, quants=quants if quants is not None else ("q8_0", "q4_k_m"), imatrix=imatrix,
-            outtype=outtype or "f16", force=args.force, verify=not args.no_verify, pre_tokenizer=args.pre_tokenizer,
+            args.src,
+            args.out,
+            quants=quants if quants is not None else ("q8_0", "q4_k_m"),
+            imatrix=imatrix,
+            outtype=outtype or "f16",
+            force=args.force,
+            verify=not args.no_verify,
+            pre_tokenizer=args.pre_tokenizer,
             progress=progress,
-        )  # fmt: skip
+        )
 
 
 def to_gguf_lora(args: argparse.Namespace, console) -> dict[str, Path]:
@@ -98,8 +132,14 @@ def to_gguf_lora(args: argparse.Namespace, console) -> dict[str, Path]:
     from jmed_edge.convert.lora_gguf import convert_lora
 
     with RichProgress() as progress:
-        out = convert_lora(Path(args.src), args.out, base_gguf=args.base_gguf, force=args.force,
-                           verify=not args.no_verify, progress=progress)  # fmt: skip
+        out = convert_lora(
+            Path(args.src),
+            args.out,
+            base_gguf=args.base_gguf,
+            force=args.force,
+            verify=not args.no_verify,
+            progress=progress,
+        )
     return {"LoRA": out}
 
 
@@ -113,7 +153,9 @@ def _list_presets(console) -> int:
         table.add_column(column)
     for name in shipped_presets():
         p = load_preset(name)
-        table.add_row(name, p.device, p.memory, ", ".join(q.lower() for q in p.quants), p.imatrix, p.description)
+        table.add_row(
+            name, p.device, p.memory, ", ".join(q.lower() for q in p.quants), p.imatrix, p.description
+        )
     console.print(table)
     return 0
 

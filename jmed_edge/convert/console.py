@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,10 +17,11 @@ _STYLE = {True: "green", False: "bold red", None: "cyan"}
 
 
 def quiet_libraries() -> None:
-    """Silence transformers' own progress bars ("Loading weights"), which would tear rich's."""
-    from transformers.utils import logging as hf_logging
+    """Silence transformers' own progress bars ("Loading weights"), which would tear rich's.
 
-    hf_logging.disable_progress_bar()
+    Through the environment, so transformers (and torch) are imported only if a step needs them.
+    """
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def print_checks(console: Console, title: str, result: VerifyResult) -> None:
@@ -35,9 +37,13 @@ class RichProgress:
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
         self._bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-            TimeElapsedColumn(), console=self.console, transient=True,
-        )  # fmt: skip
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
         self._task: TaskID | None = None
 
     def __enter__(self) -> RichProgress:
@@ -94,8 +100,13 @@ def artifacts_table(folders: dict[str, Path]) -> Table:
         size = d.get("size_bytes", 0) / 1024**2
         imatrix = d.get("imatrix") or {}
         table.add_row(
-            name, f"{size:,.1f} MB", f"{d.get('bits_per_weight', 0):.2f}", imatrix.get("mode", "-"),
-            cell("ja", "kl_mean", ".4f"), cell("en", "kl_mean", ".4f"), cell("ja", "top1", ".1%"),
+            name,
+            f"{size:,.1f} MB",
+            f"{d.get('bits_per_weight', 0):.2f}",
+            imatrix.get("mode", "-"),
+            cell("ja", "kl_mean", ".4f"),
+            cell("en", "kl_mean", ".4f"),
+            cell("ja", "top1", ".1%"),
             cell("en", "top1", ".1%"),
-        )  # fmt: skip
+        )
     return table

@@ -5,7 +5,9 @@
     out/imatrix-medical-ja-en.gguf                     (with --imatrix auto)
 
 Conversion is llama.cpp's converter (lazy: about one tensor in memory at a time), quantization
-is llama.cpp's quantizer through the bindings; nothing here writes GGUF bytes itself. Each
+is llama.cpp's quantizer through the bindings; nothing here writes GGUF bytes itself. Both run
+in child processes, so a malformed file can crash them but not this process; verification
+loads a GGUF in-process only after a child has loaded it (``ggufinfo.probe_load``). Each
 artifact is written in a staging folder, verified there (``verify``), and renamed into place
 only when every check passed, so a failed or interrupted run leaves nothing half-made.
 """
@@ -15,11 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jmed_edge.convert import probes
-from jmed_edge.convert.ggufinfo import KEY_PRE, probe_load, read_gguf
+from jmed_edge.convert.ggufinfo import KEY_PRE, read_gguf
 from jmed_edge.convert.imatrix import ImatrixData, compute_imatrix, load_imatrix
 from jmed_edge.convert.llamacpp_convert import check_pre_tokenizer, converter_version, run_converter
 from jmed_edge.convert.progress import LogProgress, Progress
@@ -66,7 +69,9 @@ def gguf_fingerprint(
 
 def up_to_date(folder: Path, fingerprint: str) -> bool:
     """Whether ``folder`` holds an artifact with this fingerprint (for a pipeline's skip)."""
-    manifest = read_manifest(Path(folder), required=False) if (Path(folder) / MANIFEST_NAME).exists() else None
+    manifest = (
+        read_manifest(Path(folder), required=False) if (Path(folder) / MANIFEST_NAME).exists() else None
+    )
     return bool(manifest and manifest.details.get("fingerprint") == fingerprint)
 
 
@@ -84,7 +89,9 @@ def _pre_tokenizer(explicit: str | None, source: HFSource, progress: Progress) -
     declared = source.declared_pre_tokenizer
     if declared:
         check_pre_tokenizer(declared)
-        progress.note(f"pre-tokenizer {declared!r}, declared by {source.path.name}'s manifest (details.pre_tokenizer)")
+        progress.note(
+            f"pre-tokenizer {declared!r}, declared by {source.path.name}'s manifest (details.pre_tokenizer)"
+        )
         return declared, "source manifest"
     return None, "llama.cpp hash lookup"
 
@@ -107,7 +114,9 @@ def _refuse_existing(folders: list[Path], force: bool) -> None:
     existing = [f for f in folders if f.exists()]
     if existing and not force:
         names = ", ".join(str(f) for f in existing)
-        raise ArtifactError(f"{names} already exist{'s' if len(existing) == 1 else ''}; pass --force to replace")
+        raise ArtifactError(
+            f"{names} already exist{'s' if len(existing) == 1 else ''}; pass --force to replace"
+        )
 
 
 def _verify(staged: Path, dest: Path, source: HFSource, progress: Progress, **kw: Any) -> dict[str, Any]:
@@ -145,73 +154,142 @@ def _details(file: Path, quant: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-def _convert_base(source: HFSource, dest: Path, outtype: str, pre: tuple[str | None, str], *,
-                  force: bool, verify: bool, progress: Progress) -> Path:  # fmt: skip
+def _convert_base(
+    source: HFSource,
+    dest: Path,
+    outtype: str,
+    pre: tuple[str | None, str],
+    *,
+    force: bool,
+    verify: bool,
+    progress: Progress,
+) -> Path:
     quant = outtype.upper()
     with staging_dir(dest, force=force) as tmp:
         file = tmp / gguf_file_name(quant)
         progress.task(f"{quant}: converting {source.name} with llama.cpp", total=None)
         args = [source.path, "--outtype", outtype, "--outfile", file]
-        run_converter("convert_hf_to_gguf.py", args, src=source.path, pre_tokenizer=pre[0], on_progress=progress.advance)
-        probe_load(file)
+        run_converter(
+            "convert_hf_to_gguf.py", args, src=source.path, pre_tokenizer=pre[0], on_progress=progress.advance
+        )
         parent = parent_record(source.path)
-        details = _details(file, quant, pre_tokenizer_source=pre[1], imatrix=None, source=str(source.path),
-                           fingerprint=gguf_fingerprint(parent["sha256"], quant, None, outtype, pre_tokenizer=pre[0]))  # fmt: skip
-        progress.finish(f"{quant}: {human_bytes(details['size_bytes'])}, {details['bits_per_weight']} bits/weight")
+        details = _details(
+            file,
+            quant,
+            pre_tokenizer_source=pre[1],
+            imatrix=None,
+            source=str(source.path),
+            fingerprint=gguf_fingerprint(parent["sha256"], quant, None, outtype, pre_tokenizer=pre[0]),
+        )
+        progress.finish(
+            f"{quant}: {human_bytes(details['size_bytes'])}, {details['bits_per_weight']} bits/weight"
+        )
         license_ = source.manifest.license if source.manifest else "unknown"
-        manifest = Manifest(kind="gguf", format="gguf", name=f"{source.name}-{quant}", parent=parent,
-                            config={"outtype": outtype, "pre_tokenizer": pre[0]}, license=license_, details=details)  # fmt: skip
+        manifest = Manifest(
+            kind="gguf",
+            format="gguf",
+            name=f"{source.name}-{quant}",
+            parent=parent,
+            config={"outtype": outtype, "pre_tokenizer": pre[0]},
+            license=license_,
+            details=details,
+        )
         _seal_verified(manifest, tmp, lambda: _verify(tmp, dest, source, progress) if verify else {})
     return dest
 
 
-def _imatrix(mode: str | Path, base_dir: Path, source: HFSource, progress: Progress) -> tuple[ImatrixData, dict]:
+@dataclass
+class _Imatrix:
+    data: ImatrixData
+    record: dict[str, Any]  # what a manifest's details.imatrix says
+    key: str  # its part of the fingerprint
+
+
+def _imatrix(mode: str | Path, base_dir: Path, source: HFSource, progress: Progress) -> _Imatrix:
     if mode != "auto":
         data = load_imatrix(Path(mode))
         progress.note(f"importance matrix {mode} ({len(data.entries)} tensors, {data.chunk_count} chunks)")
-        return data, {"mode": "file", "path": str(Path(mode).resolve())}
+        record = {"mode": "file", "path": str(Path(mode).resolve()), **data.record()}
+        return _Imatrix(data, record, record["sha256"])
     from transformers import AutoTokenizer
 
     corpus, calibration = probes.calibration_corpus()
     n_tokens = len(AutoTokenizer.from_pretrained(source.path)(corpus)["input_ids"])
-    base_file = base_dir / gguf_file_name(read_manifest(base_dir).details["quant"])  # type: ignore[union-attr]
+    base_file = base_dir / read_manifest(base_dir).details["file"]  # type: ignore[union-attr]
     info = read_gguf(base_file)
     n_ctx_train = int(info.get(f"{info.get('general.architecture')}.context_length", 0) or 0)
     progress.task("imatrix: llama-imatrix over the ja/en medical calibration text", total=None)
-    with staging_file(base_dir.parent / IMATRIX_FILE) as tmp:
-        data = compute_imatrix(base_file, corpus, tmp, n_tokens=n_tokens, n_ctx_train=n_ctx_train,
-                               on_progress=progress.advance)  # fmt: skip
-    data.path = base_dir.parent / IMATRIX_FILE
-    data.path.chmod(0o644)  # staged through mkstemp (0600); it is a shareable result like the GGUFs
+    dest = base_dir.parent / IMATRIX_FILE
+    with staging_file(dest) as tmp:
+        data = compute_imatrix(
+            base_file, corpus, tmp, n_tokens=n_tokens, n_ctx_train=n_ctx_train, on_progress=progress.advance
+        )
+    dest.chmod(0o644)  # staged through mkstemp (0600); it is a shareable result like the GGUFs
+    data.path = dest
     calibration.update(tokens=n_tokens, chunks=data.chunk_count, chunk_size=data.chunk_size)
     progress.finish(f"imatrix: {data.chunk_count} chunks x {data.chunk_size} tokens of ja+en medical text")
-    return data, {"mode": "auto", "path": str(data.path), "calibration": calibration}
+    record = {"mode": "auto", "path": str(dest), **data.record(), "calibration": calibration}
+    return _Imatrix(data, record, f"auto:{calibration['sha256']}")
 
 
-def _quantize_one(q: QuantType, base_dir: Path, dest: Path, source: HFSource, imatrix: tuple | None, *,
-                  force: bool, verify: bool, progress: Progress, texts_by_lang) -> Path:  # fmt: skip
-    base_manifest = read_manifest(base_dir)
-    assert base_manifest is not None
-    base_file = base_dir / base_manifest.details["file"]
-    used = imatrix if (imatrix and q.uses_imatrix) else None
+def _quantize_one(
+    q: QuantType,
+    base_dir: Path,
+    dest: Path,
+    source: HFSource,
+    imatrix: _Imatrix | None,
+    *,
+    force: bool,
+    verify: bool,
+    progress: Progress,
+    texts_by_lang: dict[str, str] | None,
+) -> Path:
+    base = read_manifest(base_dir)
+    assert base is not None
+    used = imatrix if q.uses_imatrix else None
     with staging_dir(dest, force=force) as tmp:
         file = tmp / gguf_file_name(q.name)
         progress.task(f"{q.name}: quantizing" + (" with the importance matrix" if used else ""), total=None)
-        warnings = quantize_gguf(base_file, file, q, imatrix=used[0] if used else None, on_progress=progress.advance)
-        im_record = {**used[1], **used[0].record()} if used else None
-        im_key = (f"auto:{used[1]['calibration']['sha256']}" if used[1]["mode"] == "auto" else im_record["sha256"]) if used else None  # type: ignore[index]
+        warnings = quantize_gguf(
+            base_dir / base.details["file"], file, q, imatrix=used and used.data, on_progress=progress.advance
+        )
+        fingerprint = gguf_fingerprint(
+            base.sha256,
+            q.name,
+            used and used.key,
+            base.config.get("outtype", "f16"),
+            pre_tokenizer=base.config.get("pre_tokenizer"),
+        )
         details = _details(
-            file, q.name, imatrix=im_record, source=str(source.path), nominal_bpw=q.bpw,
+            file,
+            q.name,
+            imatrix=used and used.record,
+            source=str(source.path),
+            nominal_bpw=q.bpw,
             llama_cpp_warnings=warnings[:5],
-            fingerprint=gguf_fingerprint(base_manifest.sha256, q.name, im_key, base_manifest.config.get("outtype", "f16"),
-                                         pre_tokenizer=base_manifest.config.get("pre_tokenizer")),
-        )  # fmt: skip
-        progress.finish(f"{q.name}: {human_bytes(details['size_bytes'])}, {details['bits_per_weight']} bits/weight")
-        manifest = Manifest(kind="gguf", format="gguf", name=f"{source.name}-{q.name}", parent=parent_record(base_dir),
-                            config={"quant": q.name, "imatrix": im_record and im_record["mode"]},
-                            license=base_manifest.license, details=details)  # fmt: skip
-        _seal_verified(manifest, tmp, lambda: _verify(tmp, dest, source, progress, reference=base_dir,
-                                                      texts_by_lang=texts_by_lang) if verify else {})  # fmt: skip
+            fingerprint=fingerprint,
+        )
+        progress.finish(
+            f"{q.name}: {human_bytes(details['size_bytes'])}, {details['bits_per_weight']} bits/weight"
+        )
+        manifest = Manifest(
+            kind="gguf",
+            format="gguf",
+            name=f"{source.name}-{q.name}",
+            parent=parent_record(base_dir),
+            config={"quant": q.name, "imatrix": used and used.record["mode"]},
+            license=base.license,
+            details=details,
+        )
+        _seal_verified(
+            manifest,
+            tmp,
+            lambda: (
+                _verify(tmp, dest, source, progress, reference=base_dir, texts_by_lang=texts_by_lang)
+                if verify
+                else {}
+            ),
+        )
     return dest
 
 
@@ -252,9 +330,22 @@ def convert_to_gguf(
     targets = {q.name: out_dir / q.name for q in qtypes}
     _refuse_existing([base_dir, *targets.values()], force)
     ensure_free_space(out_dir, estimate_bytes(source, outtype, qtypes), f"converting {source.name} to GGUF")
-    done = {base_dir.name: _convert_base(source, base_dir, outtype, pre, force=force, verify=verify, progress=progress)}
+    done = {
+        base_dir.name: _convert_base(
+            source, base_dir, outtype, pre, force=force, verify=verify, progress=progress
+        )
+    }
     im = _imatrix(mode, base_dir, source, progress) if mode is not None else None
     for q in qtypes:
-        done[q.name] = _quantize_one(q, base_dir, targets[q.name], source, im, force=force, verify=verify,
-                                     progress=progress, texts_by_lang=texts_by_lang)  # fmt: skip
+        done[q.name] = _quantize_one(
+            q,
+            base_dir,
+            targets[q.name],
+            source,
+            im,
+            force=force,
+            verify=verify,
+            progress=progress,
+            texts_by_lang=texts_by_lang,
+        )
     return done

@@ -49,8 +49,21 @@ class GGUFInfo:
 
 
 # struct formats of GGUF's scalar value types (gguf-py constants.GGUFValueType ids)
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
 _STRING, _ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 
 
 class _Header:
@@ -76,7 +89,7 @@ class _Header:
         self.pos += n
         return text
 
-    def value(self, vtype: int, keep: bool = True) -> Any:
+    def value(self, vtype: int) -> Any:
         if vtype in _SCALARS:
             return self.take(_SCALARS[vtype])
         if vtype == _STRING:
@@ -86,9 +99,16 @@ class _Header:
         etype, count = self.take("<I"), self.take("<Q")
         if etype in _SCALARS:  # numeric arrays: skip in one step
             self.pos += struct.calcsize(_SCALARS[etype]) * count
-            return None
-        for _ in range(count):
-            self.value(etype, keep=False)
+        elif etype == _STRING:  # token lists and merges: hop over each length-prefixed string
+            buf, pos, unpack = self.buf, self.pos, _U64.unpack_from
+            for _ in range(count):
+                pos += 8 + unpack(buf, pos)[0]
+            if pos > len(buf):
+                raise ValueError("string array runs past the end")
+            self.pos = pos
+        else:
+            for _ in range(count):
+                self.value(etype)
         return None
 
 

@@ -84,7 +84,9 @@ def _load_gguf(path: Path) -> ImatrixData:
         if tensor.name.endswith(".in_sum2"):
             sums[tensor.name.removesuffix(".in_sum2")] = np.asarray(tensor.data, dtype=np.float32).reshape(-1)
         elif tensor.name.endswith(".counts"):
-            counts[tensor.name.removesuffix(".counts")] = np.asarray(tensor.data, dtype=np.float32).reshape(-1)
+            counts[tensor.name.removesuffix(".counts")] = np.asarray(tensor.data, dtype=np.float32).reshape(
+                -1
+            )
     kind = reader.get_field("general.type")
     if kind is not None and kind.contents() != "imatrix":
         raise ValueError(f"it is a GGUF {kind.contents()}, not an importance matrix")
@@ -163,8 +165,20 @@ def compute_imatrix(
     chunk = choose_chunk(n_tokens, n_ctx_train)
     with tempfile.TemporaryDirectory(prefix="jmed-imatrix-") as work:
         (Path(work) / DATASET_NAME).write_text(corpus, encoding="utf-8")
-        cmd = [str(tool), "-m", str(Path(f16_gguf).resolve()), "-f", DATASET_NAME, "-o", str(Path(out_file).resolve()), "-c", str(chunk),
-               "--no-ppl", "-t", str(threads or os.cpu_count() or 2)]  # fmt: skip
+        cmd = [
+            str(tool),
+            "-m",
+            str(Path(f16_gguf).resolve()),
+            "-f",
+            DATASET_NAME,
+            "-o",
+            str(Path(out_file).resolve()),
+            "-c",
+            str(chunk),
+            "--no-ppl",
+            "-t",
+            str(threads or os.cpu_count() or 2),
+        ]
         log.debug("running %s", " ".join(cmd))
         output = _run_with_progress(cmd, Path(work), on_progress)
     if not out_file.is_file():
@@ -193,8 +207,12 @@ def _run_with_progress(cmd: list[str], work: Path, on_progress) -> str:
                 on_progress(int(min(total - 1, passes * n_seq)), int(total))
         text = log_path.read_text(encoding="utf-8", errors="replace")
     if proc.returncode != 0:
-        errors = [ln for ln in text.splitlines() if " E " in ln or "error" in ln.lower()] or text.splitlines()[-1:]
-        raise ModelError(f"llama-imatrix failed (exit {proc.returncode}): {(errors or ['no output'])[-1].strip()}")
+        errors = [
+            ln for ln in text.splitlines() if " E " in ln or "error" in ln.lower()
+        ] or text.splitlines()[-1:]
+        raise ModelError(
+            f"llama-imatrix failed (exit {proc.returncode}): {(errors or ['no output'])[-1].strip()}"
+        )
     if on_progress and total:
         on_progress(int(total), int(total))
     return text

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,9 +64,11 @@ VERIFY_N_CTX = 512  # llama.cpp context for checks: windows and probes are short
 
 
 def open_for_checks(artifact: Path, **options: Any):
-    """A runtime for ``artifact`` sized for short check sequences (CPU/GPU chosen by the runtime)."""
+    """A runtime for ``artifact`` sized for short check sequences, on every core (CPU/GPU chosen by
+    the runtime). The HF runtime ignores the llama.cpp-only options."""
     from jmed_edge.runtimes import open_runtime
 
+    options.setdefault("n_threads", os.cpu_count())
     return open_runtime(Path(artifact), n_ctx=VERIFY_N_CTX, **options)
 
 
@@ -77,7 +80,9 @@ def _reference(artifact: Path, texts_by_lang: dict[str, str], positions: int, wi
     if key not in _CACHE:
         runtime = open_for_checks(path)
         try:
-            windows = {lang: _windows(runtime, text, positions, window) for lang, text in texts_by_lang.items()}
+            windows = {
+                lang: _windows(runtime, text, positions, window) for lang, text in texts_by_lang.items()
+            }
             logprobs = {lang: _logprobs(runtime, w) for lang, w in windows.items()}
         finally:
             runtime.close()

@@ -91,9 +91,21 @@ def check_adapter(adapter: Path, lora_file: Path, base_gguf: Path) -> list[Check
         finally:
             runtime.close()
     kl, effect = _kl(out["peft"], out["gguf"]), _kl(out["peft"], out["base"])
-    top1 = float(np.mean(np.concatenate([a.argmax(-1) == b.argmax(-1) for a, b in zip(out["peft"], out["gguf"], strict=True)])))
-    values = {"positions": int(kl.size), "kl_mean": float(kl.mean()), "kl_max": float(kl.max()), "kl_tol": KL_TOL,
-              "top1": top1, "adapter_effect_kl": float(effect.mean())}  # fmt: skip
+    top1 = float(
+        np.mean(
+            np.concatenate(
+                [a.argmax(-1) == b.argmax(-1) for a, b in zip(out["peft"], out["gguf"], strict=True)]
+            )
+        )
+    )
+    values = {
+        "positions": int(kl.size),
+        "kl_mean": float(kl.mean()),
+        "kl_max": float(kl.max()),
+        "kl_tol": KL_TOL,
+        "top1": top1,
+        "adapter_effect_kl": float(effect.mean()),
+    }
     parity = Check(
         "adapter parity",
         bool(kl.mean() <= KL_TOL),
@@ -119,7 +131,9 @@ def _with_base_gguf(adapter: Path, base_gguf: Path | None, progress: Progress, r
     from jmed_edge.convert.gguf import convert_to_gguf
 
     base_hf = adapter_base(adapter)
-    progress.note(f"converting the base {base_hf.name} to a temporary F16 GGUF for the check (pass --base-gguf to reuse one)")
+    progress.note(
+        f"converting the base {base_hf.name} to a temporary F16 GGUF for the check (pass --base-gguf to reuse one)"
+    )
     with tempfile.TemporaryDirectory(prefix=".jmed-lora-base-", dir=work_dir) as tmp:
         folders = convert_to_gguf(base_hf, Path(tmp), quants=(), verify=False, progress=progress)
         return run(describe(folders["F16"]).model_file)
@@ -139,7 +153,9 @@ def convert_lora(
     adapter, out = Path(adapter), Path(out)
     info = describe(adapter)
     if info.format != "peft-adapter":
-        raise ArtifactError(f"{adapter} is a {info.format} artifact, not a peft LoRA adapter (adapter_config.json)")
+        raise ArtifactError(
+            f"{adapter} is a {info.format} artifact, not a peft LoRA adapter (adapter_config.json)"
+        )
     base_hf = adapter_base(adapter)
     lora_config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
     with staging_dir(out, force=force) as tmp:
@@ -149,28 +165,43 @@ def convert_lora(
         run_converter("convert_lora_to_gguf.py", args, src=adapter, on_progress=progress.advance)
         gguf = read_gguf(file)
         if gguf.get(KEY_TYPE) != "adapter":
-            raise ModelError(f"llama.cpp's LoRA converter wrote {gguf.get(KEY_TYPE)!r}, not an adapter, from {adapter}")
+            raise ModelError(
+                f"llama.cpp's LoRA converter wrote {gguf.get(KEY_TYPE)!r}, not an adapter, from {adapter}"
+            )
         progress.finish(f"LoRA: {human_bytes(file.stat().st_size)}, {gguf.n_tensors} tensors")
         result = VerifyResult(out, adapter)
         if verify:
             started = time.perf_counter()
             progress.task(f"LoRA: verifying against the peft model {adapter.name}")
-            result.checks = _with_base_gguf(adapter, base_gguf, progress, lambda b: check_adapter(adapter, file, b),
-                                            work_dir=out.parent)  # fmt: skip
+            result.checks = _with_base_gguf(
+                adapter, base_gguf, progress, lambda b: check_adapter(adapter, file, b), work_dir=out.parent
+            )
             result.seconds = time.perf_counter() - started
             progress.checks("LoRA", result)
             result.raise_for_failures()
         parent = parent_record(adapter)
         details: dict[str, Any] = {
-            "file": LORA_FILE, "size_bytes": file.stat().st_size, "tensors": gguf.n_tensors,
-            "base_model": str(base_hf.resolve()), "base_gguf": str(Path(base_gguf).resolve()) if base_gguf else None,
-            "lora_alpha": lora_config.get("lora_alpha"), "rank": lora_config.get("r"),
-            "target_modules": lora_config.get("target_modules"), "converter": converter_version(),
+            "file": LORA_FILE,
+            "size_bytes": file.stat().st_size,
+            "tensors": gguf.n_tensors,
+            "base_model": str(base_hf.resolve()),
+            "base_gguf": str(Path(base_gguf).resolve()) if base_gguf else None,
+            "lora_alpha": lora_config.get("lora_alpha"),
+            "rank": lora_config.get("r"),
+            "target_modules": lora_config.get("target_modules"),
+            "converter": converter_version(),
             "fingerprint": _fingerprint(parent["sha256"]),
-        }  # fmt: skip
-        Manifest(kind="gguf-lora", format="gguf-lora", name=f"{info.name}-gguf-lora", parent=parent,
-                 config={"outtype": "f16"}, license=info.manifest.license if info.manifest else "unknown",
-                 details=details, verification=result.to_dict() if verify else {}).seal(tmp)  # fmt: skip
+        }
+        Manifest(
+            kind="gguf-lora",
+            format="gguf-lora",
+            name=f"{info.name}-gguf-lora",
+            parent=parent,
+            config={"outtype": "f16"},
+            license=info.manifest.license if info.manifest else "unknown",
+            details=details,
+            verification=result.to_dict() if verify else {},
+        ).seal(tmp)
     return out
 
 
@@ -180,20 +211,28 @@ def _fingerprint(parent_sha256: str) -> str:
     return gguf_fingerprint(parent_sha256, "LORA-F16", None, "f16")
 
 
-def verify_lora(artifact: Path, *, base_gguf: Path | None = None, record: bool = False,
-                progress: Progress | None = None) -> VerifyResult:  # fmt: skip
+def verify_lora(
+    artifact: Path, *, base_gguf: Path | None = None, record: bool = False, progress: Progress | None = None
+) -> VerifyResult:
     """Re-run the adapter check of a GGUF LoRA artifact against the peft adapter it came from."""
     progress = progress or LogProgress()
     info = describe(Path(artifact))
     manifest = info.manifest
     if manifest is None or not manifest.parent or not Path(manifest.parent.get("path", "")).exists():
-        raise ArtifactError(f"{artifact}: the peft adapter it came from is unknown or gone; nothing to check against")
+        raise ArtifactError(
+            f"{artifact}: the peft adapter it came from is unknown or gone; nothing to check against"
+        )
     adapter = Path(manifest.parent["path"])
     base = base_gguf or manifest.details.get("base_gguf")
     started = time.perf_counter()
     result = VerifyResult(info.folder, adapter)
-    result.checks = _with_base_gguf(adapter, Path(base) if base else None, progress,
-                                    lambda b: check_adapter(adapter, info.model_file, b), work_dir=info.folder.parent)  # fmt: skip
+    result.checks = _with_base_gguf(
+        adapter,
+        Path(base) if base else None,
+        progress,
+        lambda b: check_adapter(adapter, info.model_file, b),
+        work_dir=info.folder.parent,
+    )
     result.seconds = time.perf_counter() - started
     if record:
         from jmed_edge.fsutil import write_text_atomic

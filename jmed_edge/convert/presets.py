@@ -79,6 +79,7 @@ def load_preset(name_or_path: str | Path) -> Preset:
         return Preset.model_validate(data if isinstance(data, dict) else {})
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'preset'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
+            f"{'.'.join(map(str, e['loc'])) or 'preset'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
         )
         raise ConfigError(f"{path}: {problems}") from exc

@@ -4,7 +4,7 @@
 matrix is passed the way ``tools/quantize/quantize.cpp`` passes it: a null-terminated array of
 ``llama_model_imatrix_data`` (tensor name, values, count), plus the ``quantize.imatrix.*``
 metadata keys it writes into the output. The result matches ``llama-quantize --imatrix``
-tensor for tensor (tests/test_convert_quant.py checks this).
+tensor for tensor (tests/test_convert_imatrix.py checks this).
 """
 
 from __future__ import annotations
@@ -13,10 +13,13 @@ import ctypes
 import logging
 import os
 import re
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from jmed_edge.convert.imatrix import ImatrixData
+from jmed_edge.convert.imatrix import ImatrixData, load_imatrix
 from jmed_edge.convert.quant_types import QuantType
 from jmed_edge.errors import ModelError
 
@@ -66,6 +69,39 @@ def _kv_overrides(llama_cpp, data: ImatrixData):
     return array
 
 
+def _quantize_here(
+    source: Path,
+    dest: Path,
+    ftype: int,
+    imatrix: ImatrixData | None,
+    threads: int,
+    report: Callable[[str], None],
+) -> int:
+    """Call the quantizer in this process; llama.cpp's log lines go to ``report``."""
+    import llama_cpp
+    import llama_cpp._logger as llama_logger
+
+    @llama_cpp.llama_log_callback
+    def collect(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        report(text.decode("utf-8", errors="replace"))
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = threads
+    keep: list[object] = []
+    if imatrix is not None:
+        array, names = _imatrix_array(llama_cpp, imatrix)
+        overrides = _kv_overrides(llama_cpp, imatrix)
+        keep += [array, names, overrides]
+        params.imatrix = ctypes.cast(array, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+        params.kv_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_kv_override))
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    try:
+        return llama_cpp.llama_model_quantize(str(source).encode(), str(dest).encode(), ctypes.byref(params))
+    finally:
+        llama_cpp.llama_log_set(llama_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
 def quantize_gguf(
     source: Path,
     dest: Path,
@@ -77,39 +113,53 @@ def quantize_gguf(
 ) -> list[str]:
     """Write ``dest`` = ``source`` quantized to ``qtype``; returns llama.cpp's warning lines.
 
-    ``source`` must be a GGUF llama.cpp has loaded before (see ``ggufinfo.probe_load``).
+    Runs in a child process: the quantizer is the first llama.cpp code to read a freshly
+    converted GGUF, and a malformed file aborts the process that reads it.
     """
-    import llama_cpp
-    import llama_cpp._logger as llama_logger
-
+    cmd = [
+        sys.executable,
+        "-m",
+        "jmed_edge.convert.quantize",
+        str(source),
+        str(dest),
+        str(qtype.ftype),
+        str(imatrix.path) if imatrix else "",
+        str(threads or os.cpu_count() or 2),
+    ]
     lines: list[str] = []
-
-    @llama_cpp.llama_log_callback
-    def collect(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-        line = text.decode("utf-8", errors="replace")
-        lines.append(line)
-        if on_progress and (m := _TENSOR_LINE.search(line)):
-            on_progress(int(m.group(1)), int(m.group(2)))
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = qtype.ftype
-    params.nthread = threads or os.cpu_count() or 2
-    keep: list[object] = []
-    if imatrix is not None:
-        array, names = _imatrix_array(llama_cpp, imatrix)
-        overrides = _kv_overrides(llama_cpp, imatrix)
-        keep += [array, names, overrides]
-        params.imatrix = ctypes.cast(array, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
-        params.kv_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_kv_override))
-    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
-    try:
-        rc = llama_cpp.llama_model_quantize(str(source).encode(), str(dest).encode(), ctypes.byref(params))
-    finally:
-        llama_cpp.llama_log_set(llama_logger.llama_log_callback, ctypes.c_void_p(0))
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if on_progress and (m := _TENSOR_LINE.search(line)):
+                on_progress(int(m.group(1)), int(m.group(2)))
     text = "".join(lines)
     log.debug("llama.cpp quantize log:\n%s", text)
-    if rc != 0:
-        reason = next((ln for ln in reversed(text.splitlines()) if "failed to quantize" in ln), "")
-        reason = reason.split("failed to quantize:", 1)[-1].strip() or f"return code {rc}"
+    if proc.returncode < 0:
+        sig = signal.Signals(-proc.returncode).name
+        raise ModelError(
+            f"llama.cpp crashed ({sig}) quantizing {source} to {qtype.name}: the file is corrupt; re-convert it"
+        )
+    if proc.returncode != 0:
+        tail = text.strip().splitlines() or ["no output"]
+        reason = next((ln for ln in reversed(tail) if "failed to quantize" in ln), "")
+        reason = reason.split("failed to quantize:", 1)[-1].strip() or tail[-1]
         raise ModelError(f"llama.cpp could not quantize {source} to {qtype.name}: {reason}")
-    return [ln.strip() for ln in text.splitlines() if "WARNING" in ln or "fallback" in ln]
+    return [ln.strip() for ln in lines if "WARNING" in ln or "fallback" in ln]
+
+
+def _child() -> int:
+    source, dest, ftype, imatrix_path, threads = sys.argv[1:6]
+    imatrix = load_imatrix(Path(imatrix_path)) if imatrix_path else None
+
+    def report(line: str) -> None:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+    return _quantize_here(Path(source), Path(dest), int(ftype), imatrix, int(threads), report)
+
+
+if __name__ == "__main__":
+    sys.exit(_child())

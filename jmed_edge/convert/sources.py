@@ -19,9 +19,6 @@ from jmed_edge.errors import ArtifactError, ModelError
 from jmed_edge.manifest import Manifest
 
 DEFAULT_WORD = "default"
-# bytes per element of safetensors dtypes (safetensors format spec)
-_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
-                "I16": 2, "U16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1, "U8": 1, "BOOL": 1}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -60,7 +57,9 @@ def _safetensors_params(path: Path) -> tuple[int, int]:
                 raise ValueError("header longer than the file")
             header = json.loads(fh.read(header_len))
     except (struct.error, ValueError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path} is not a readable safetensors file ({exc}); re-save or re-download it") from exc
+        raise ModelError(
+            f"{path} is not a readable safetensors file ({exc}); re-save or re-download it"
+        ) from exc
     end, count = 0, 0
     for name, info in header.items():
         if name == "__metadata__":

@@ -76,7 +76,9 @@ class VerifyResult:
             "passed": self.passed,
             "against": str(self.against) if self.against else None,
             "seconds": round(self.seconds, 2),
-            "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail, **c.values} for c in self.checks],
+            "checks": [
+                {"name": c.name, "passed": c.passed, "detail": c.detail, **c.values} for c in self.checks
+            ],
         }
 
     def raise_for_failures(self) -> None:
@@ -156,7 +158,10 @@ def check_tokenizer(tok, runtime, pre_tokenizer: str | None) -> Check:
     if not mismatches:
         return Check("tokenizer parity", True, f"{total}/{total} ja/en probes give identical ids", values)
     text, hf_ids, ll_ids = mismatches[0]
-    at = next((i for i, (a, b) in enumerate(zip(hf_ids, ll_ids, strict=False)) if a != b), min(len(hf_ids), len(ll_ids)))
+    at = next(
+        (i for i, (a, b) in enumerate(zip(hf_ids, ll_ids, strict=False)) if a != b),
+        min(len(hf_ids), len(ll_ids)),
+    )
     detail = (
         f"{total - len(mismatches)}/{total} probes match; {text!r}: HF {_pieces(tok, hf_ids, at)} vs llama.cpp "
         f"{_pieces(tok, ll_ids, at)} at token {at} (pre-tokenizer {pre_tokenizer or 'unknown'}; "
@@ -170,16 +175,22 @@ def check_chat(tok, runtime, gguf: GGUFInfo) -> Check:
     embedded = gguf.get("tokenizer.chat_template")
     source = getattr(tok, "chat_template", None)
     if not embedded:
-        where = "the source has none either; add one to its tokenizer_config.json" if not source else "re-convert"
+        where = (
+            "the source has none either; add one to its tokenizer_config.json" if not source else "re-convert"
+        )
         return Check("chat template", False, f"the GGUF has no tokenizer.chat_template ({where})")
     messages = list(probes.CHAT_PROBE)
     problems = []
     rendered_ll = runtime.render_chat(messages)
-    rendered_hf = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) if source else None
+    rendered_hf = (
+        tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) if source else None
+    )
     if rendered_hf is not None and rendered_ll != rendered_hf:
         problems.append("renders differently from the source's template")
-    for role, hf_id, key in (("BOS", tok.bos_token_id, "tokenizer.ggml.bos_token_id"),
-                             ("EOS", tok.eos_token_id, "tokenizer.ggml.eos_token_id")):  # fmt: skip
+    for role, hf_id, key in (
+        ("BOS", tok.bos_token_id, "tokenizer.ggml.bos_token_id"),
+        ("EOS", tok.eos_token_id, "tokenizer.ggml.eos_token_id"),
+    ):
         if hf_id is not None and gguf.get(key) != hf_id:
             problems.append(f"{role} id {gguf.get(key)} but the source's is {hf_id}")
     ll_ids = runtime.tokenize(rendered_ll, add_special=True)
@@ -193,8 +204,12 @@ def check_chat(tok, runtime, gguf: GGUFInfo) -> Check:
     plain = _hf_tokenize(tok, "患者 Aspirin 100 mg", True)
     if runtime.tokenize("患者 Aspirin 100 mg", add_special=True) != plain:
         problems.append("BOS handling differs (add_bos_token)")
-    values = {"bos_id": bos, "eos_id": gguf.get("tokenizer.ggml.eos_token_id"), "chat_prompt_tokens": len(ll_ids),
-              "template_identical": embedded == source}  # fmt: skip
+    values = {
+        "bos_id": bos,
+        "eos_id": gguf.get("tokenizer.ggml.eos_token_id"),
+        "chat_prompt_tokens": len(ll_ids),
+        "template_identical": embedded == source,
+    }
     if problems:
         return Check("chat template", False, "; ".join(problems), values)
     return Check(
@@ -206,29 +221,41 @@ def check_chat(tok, runtime, gguf: GGUFInfo) -> Check:
     )
 
 
-def check_logits(hf_runtime, runtime, tok, float_type: str) -> Check:
-    rtol, kl_tol = TOLERANCE[float_type]
+def logit_probe_ids(tok, runtime) -> list[list[int]]:
+    """Token ids of the logit probes (and the rendered chat prompt), tokenized as the runtimes do."""
     prompts = list(probes.LOGIT_PROBES)
     if runtime.chat_template:  # a missing template is the chat check's failure, not this one's
         prompts.append(runtime.render_chat(list(probes.CHAT_PROBE)))
+    return [_hf_tokenize(tok, text, True) for text in prompts]
+
+
+def check_logits(source_logits: list[np.ndarray], gguf_logits: list[np.ndarray], float_type: str) -> Check:
+    """Compare next-token logits position by position (source = reference)."""
+    rtol, kl_tol = TOLERANCE[float_type]
     max_diff = max_ref = 0.0
-    kls, agree, near_tie = [], [], []
-    for text in prompts:
-        ids = _hf_tokenize(tok, text, True)
-        ref, got = hf_runtime.logits(ids).astype(np.float64), runtime.logits(ids).astype(np.float64)
+    kls, agree, margins = [], [], []
+    for ref, got in zip(source_logits, gguf_logits, strict=True):
+        ref, got = ref.astype(np.float64), got.astype(np.float64)
         max_diff = max(max_diff, float(np.abs(ref - got).max()))
         max_ref = max(max_ref, float(np.abs(ref).max()))
         p, q = log_softmax(ref), log_softmax(got)
         kls.append((np.exp(p) * (p - q)).sum(-1))
         top2 = np.sort(ref, axis=-1)[:, -2:]
         agree.append(ref.argmax(-1) == got.argmax(-1))
-        near_tie.append(top2[:, 1] - top2[:, 0])
+        margins.append(top2[:, 1] - top2[:, 0])
     atol = rtol * max_ref
     kl = np.concatenate(kls)
-    agree_all, margins = np.concatenate(agree), np.concatenate(near_tie)
-    real_flips = int((~agree_all & (margins > atol)).sum())  # flips where the source was not near a tie
-    values = {"positions": int(kl.size), "max_abs_diff": max_diff, "atol": atol, "kl_mean": float(kl.mean()),
-              "kl_tol": kl_tol, "top1": float(agree_all.mean()), "flips_beyond_ties": real_flips}  # fmt: skip
+    agree_all, margin = np.concatenate(agree), np.concatenate(margins)
+    real_flips = int((~agree_all & (margin > atol)).sum())  # flips where the source was not near a tie
+    values = {
+        "positions": int(kl.size),
+        "max_abs_diff": max_diff,
+        "atol": atol,
+        "kl_mean": float(kl.mean()),
+        "kl_tol": kl_tol,
+        "top1": float(agree_all.mean()),
+        "flips_beyond_ties": real_flips,
+    }
     detail = (
         f"{float_type} vs source on {kl.size} positions: max |Δlogit| {max_diff:.4f} (tol {atol:.3f}), "
         f"KL {kl.mean():.2e} (tol {kl_tol:.0e}), top-1 {agree_all.mean():.1%}"
@@ -242,8 +269,11 @@ def check_logits(hf_runtime, runtime, tok, float_type: str) -> Check:
 def quant_loss_check(reference: Path, candidate: Path, texts_by_lang: dict[str, str] | None) -> Check:
     measured = kl_against(reference, candidate, texts_by_lang)
     langs = [k for k in measured if k != "settings"]
-    parts = [f"{lang}: KL {measured[lang]['kl_mean']:.4f} (p99 {measured[lang]['kl_p99']:.3f}), "
-             f"top-1 {measured[lang]['top1']:.1%}, {measured[lang]['positions']} pos" for lang in langs]  # fmt: skip
+    parts = [
+        f"{lang}: KL {measured[lang]['kl_mean']:.4f} (p99 {measured[lang]['kl_p99']:.3f}), "
+        f"top-1 {measured[lang]['top1']:.1%}, {measured[lang]['positions']} pos"
+        for lang in langs
+    ]
     return Check("quantization loss vs " + describe(reference).name, None, "; ".join(parts), {"kl": measured})
 
 
@@ -264,6 +294,10 @@ def verify_artifact(
     manifest parent). ``record``: write the result into the artifact's manifest.
     """
     started = time.perf_counter()
+    if Path(artifact).is_file():
+        read_gguf(
+            Path(artifact)
+        )  # a one-line error for a truncated or corrupt file, before anything reads it
     info = describe(Path(artifact))
     if info.format == "gguf-lora":
         from jmed_edge.convert.lora_gguf import verify_lora
@@ -272,7 +306,9 @@ def verify_artifact(
     if info.format != "gguf" or info.model_file is None:
         raise ArtifactError(f"{artifact} is a {info.format} artifact; verify checks GGUF files")
     if info.manifest is not None and (problems := check_files(info.folder, info.manifest)):
-        raise ArtifactError(f"{info.folder}: {problems[0]} (truncated or changed since conversion); re-convert it")
+        raise ArtifactError(
+            f"{info.folder}: {problems[0]} (truncated or changed since conversion); re-convert it"
+        )
     gguf = read_gguf(info.model_file)
     src = Path(against) if against else source_of(info.folder)
     if src is None:
@@ -283,23 +319,29 @@ def verify_artifact(
     result = VerifyResult(info.path, src)
     tok = _hf_tokenizer(src)
     float_type = FLOAT_FILE_TYPES.get(gguf.get(KEY_FILE_TYPE, -1))
+    # One model in memory at a time (a 7B F16 GGUF and its bf16 source would not fit together).
     runtime = open_for_checks(info.model_file)
     try:
         result.checks.append(check_tokenizer(tok, runtime, gguf.get("tokenizer.ggml.pre")))
         result.checks.append(check_chat(tok, runtime, gguf))
-        if float_type:
-            hf_runtime = open_for_checks(src)
-            try:
-                result.checks.append(check_logits(hf_runtime, runtime, tok, float_type))
-            finally:
-                hf_runtime.close()
+        probe_ids = logit_probe_ids(tok, runtime) if float_type else []
+        gguf_logits = [runtime.logits(ids) for ids in probe_ids]
     finally:
         runtime.close()
+    if float_type:
+        hf_runtime = open_for_checks(src)
+        try:
+            source_logits = [hf_runtime.logits(ids) for ids in probe_ids]
+        finally:
+            hf_runtime.close()
+        result.checks.append(check_logits(source_logits, gguf_logits, float_type))
     ref = Path(reference) if reference else (None if float_type else float_parent(info.folder))
     if ref is not None:
         result.checks.append(quant_loss_check(ref, info.path, texts_by_lang))
     elif not float_type:
-        result.checks.append(Check("quantization loss", None, "not measured: the F16 GGUF it came from is gone"))
+        result.checks.append(
+            Check("quantization loss", None, "not measured: the F16 GGUF it came from is gone")
+        )
     result.seconds = time.perf_counter() - started
     if record and info.manifest is not None:
         from jmed_edge.fsutil import write_text_atomic

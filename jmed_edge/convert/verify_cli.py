@@ -18,10 +18,18 @@ examples:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EXAMPLES
     parser.add_argument("artifact", type=Path, help="GGUF artifact folder or .gguf file, or a folder of them")
-    parser.add_argument("--against", type=Path, metavar="SRC", help="Hugging Face source (default: from the manifest)")
-    parser.add_argument("--reference", type=Path, metavar="GGUF",
-                        help="F16/BF16 GGUF to measure a quantized type against (default: its manifest parent)")
-    parser.add_argument("--base-gguf", type=Path, metavar="PATH", help="GGUF LoRA: the base GGUF to apply it to")
+    parser.add_argument(
+        "--against", type=Path, metavar="SRC", help="Hugging Face source (default: from the manifest)"
+    )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        metavar="GGUF",
+        help="F16/BF16 GGUF to measure a quantized type against (default: its manifest parent)",
+    )
+    parser.add_argument(
+        "--base-gguf", type=Path, metavar="PATH", help="GGUF LoRA: the base GGUF to apply it to"
+    )
     parser.add_argument("--no-record", action="store_true", help="do not write the results into the manifest")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.set_defaults(func=_main)
@@ -35,7 +43,9 @@ def _targets(path: Path) -> list[Path]:
     if path.is_dir() and not any(path.glob("*.gguf")) and not (path / "config.json").exists():
         found = [a.folder for a in scan(path, max_depth=1) if a.format in ("gguf", "gguf-lora")]
         if not found:
-            raise ArtifactError(f"{path} holds no GGUF artifact (no .gguf file, no artifact folders with one)")
+            raise ArtifactError(
+                f"{path} holds no GGUF artifact (no .gguf file, no artifact folders with one)"
+            )
         return found
     return [path]
 
@@ -45,6 +55,7 @@ def _main(args: argparse.Namespace) -> int:
 
     from jmed_edge.artifacts import describe
     from jmed_edge.convert.console import RichProgress, print_checks, quiet_libraries
+    from jmed_edge.convert.ggufinfo import read_gguf
     from jmed_edge.convert.lora_gguf import verify_lora
     from jmed_edge.convert.verify import verify_artifact
     from jmed_edge.errors import VerificationError
@@ -53,13 +64,19 @@ def _main(args: argparse.Namespace) -> int:
     quiet_libraries()
     results = []
     for target in _targets(args.artifact):
+        if target.is_file():
+            read_gguf(target)  # a one-line error for a truncated or corrupt file, before anything reads it
         info = describe(target)
         with RichProgress() as progress:
             progress.task(f"verifying {info.name}")
             if info.format == "gguf-lora":
-                result = verify_lora(target, base_gguf=args.base_gguf, record=not args.no_record, progress=progress)
+                result = verify_lora(
+                    target, base_gguf=args.base_gguf, record=not args.no_record, progress=progress
+                )
             else:
-                result = verify_artifact(target, against=args.against, reference=args.reference, record=not args.no_record)
+                result = verify_artifact(
+                    target, against=args.against, reference=args.reference, record=not args.no_record
+                )
         results.append(result)
         if not args.json:
             print_checks(console, info.name, result)

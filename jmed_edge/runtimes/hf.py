@@ -30,6 +30,8 @@ from jmed_edge.runtimes.base import (
 log = logging.getLogger(__name__)
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
+# Below this many shared tokens, running the shared prefix separately is not worth a pass.
+MIN_SHARED_PREFIX = 8
 
 
 def _score(logprob_rows: np.ndarray, cont: list[int]) -> ContinuationScore:
@@ -37,6 +39,16 @@ def _score(logprob_rows: np.ndarray, cont: list[int]) -> ContinuationScore:
     ids = np.asarray(cont)
     picked = logprob_rows[np.arange(len(ids)), ids]
     return ContinuationScore(float(picked.sum()), len(ids), bool(np.all(logprob_rows.argmax(-1) == ids)))
+
+
+def _common_prefix(sequences: Sequence[Sequence[int]]) -> int:
+    """Length of the prefix every sequence shares, leaving at least one token of each."""
+    shortest = min(len(seq) for seq in sequences)
+    first = sequences[0]
+    n = 0
+    while n < shortest - 1 and all(seq[n] == first[n] for seq in sequences):
+        n += 1
+    return n
 
 
 def _resolve_device(device: str) -> str:
@@ -200,9 +212,67 @@ class HFRuntime:
         return results
 
     def _last_logprobs(self, sequences: list[tuple[int, ...]]) -> list[np.ndarray]:
-        """Log-softmax at the last position of every sequence (left-padded batches by length)."""
-        rows = self._forward_rows(sequences, [1] * len(sequences))
-        return [r[-1] for r in rows]
+        """Log-softmax at the last position of every sequence.
+
+        The prefix all sequences share (the instruction, few-shot examples) is run once and its
+        KV cache reused; the rest is run in left-padded batches of similar length, with logits
+        at the last position only.
+        """
+        import copy
+
+        import torch
+
+        shared = _common_prefix(sequences)
+        prefix_cache = None
+        if shared >= MIN_SHARED_PREFIX:
+            with torch.inference_mode():
+                prefix_cache = self.model(
+                    input_ids=torch.tensor([sequences[0][:shared]], device=self.device),
+                    use_cache=True,
+                    logits_to_keep=1,
+                ).past_key_values
+        else:
+            shared = 0
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        out: list[np.ndarray] = [np.empty(0)] * len(sequences)
+        start = 0
+        while start < len(order):
+            end = start + 1
+            # Grow the batch while it fits both limits (sorted: the last one is the longest).
+            while (
+                end < len(order)
+                and end - start < self.batch_size
+                and (len(sequences[order[end]]) - shared) * (end - start + 1) <= self.max_batch_tokens
+            ):
+                end += 1
+            batch = order[start:end]
+            tails = [sequences[i][shared:] for i in batch]
+            width = max(len(t) for t in tails)
+            ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), shared + width), dtype=torch.long)
+            mask[:, :shared] = 1
+            for r, tail in enumerate(tails):  # left padding: every sequence ends at the last column
+                ids[r, width - len(tail) :] = torch.tensor(tail)
+                mask[r, shared + width - len(tail) :] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+            cache = None
+            if prefix_cache is not None:
+                cache = copy.deepcopy(prefix_cache)
+                cache.batch_repeat_interleave(len(batch))
+            with torch.inference_mode():
+                logits = self.model(
+                    input_ids=ids.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    position_ids=positions.to(self.device),
+                    past_key_values=cache,
+                    use_cache=cache is not None,
+                    logits_to_keep=1,
+                ).logits
+                logprobs = torch.log_softmax(logits[:, -1].float(), dim=-1).cpu().numpy()
+            for r, i in enumerate(batch):
+                out[i] = logprobs[r]
+            start = end
+        return out
 
     def _score_with_cache(self, ctx_ids: list[int], conts: list[list[int]]) -> list[ContinuationScore]:
         import torch
@@ -233,46 +303,6 @@ class HFRuntime:
             rows = first[None, :] if len(c) == 1 else np.concatenate([first[None, :], tails[id(c)]])
             scores.append(_score(rows, c))
         return scores
-
-    def _forward_rows(self, sequences: list[tuple[int, ...]], need: list[int]) -> list[np.ndarray]:
-        """Log-softmax of the last ``need[i]`` positions of every sequence, batched by length."""
-        import torch
-
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-        out: list[np.ndarray | None] = [None] * len(sequences)
-        start = 0
-        while start < len(order):
-            end = start + 1
-            # Grow the batch while it fits both limits (sorted: the last one is the longest).
-            while (
-                end < len(order)
-                and end - start < self.batch_size
-                and len(sequences[order[end]]) * (end - start + 1) <= self.max_batch_tokens
-            ):
-                end += 1
-            batch = order[start:end]
-            width = max(len(sequences[i]) for i in batch)
-            keep = max(need[i] for i in batch)
-            ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for r, i in enumerate(batch):  # left padding: every sequence ends at the last column
-                seq = sequences[i]
-                ids[r, width - len(seq) :] = torch.tensor(seq)
-                mask[r, width - len(seq) :] = 1
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            with torch.inference_mode():
-                logits = self.model(
-                    input_ids=ids.to(self.device),
-                    attention_mask=mask.to(self.device),
-                    position_ids=positions.to(self.device),
-                    use_cache=False,
-                    logits_to_keep=keep,
-                ).logits
-                logprobs = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
-            for r, i in enumerate(batch):
-                out[i] = logprobs[r, keep - need[i] :]
-            start = end
-        return out  # type: ignore[return-value]
 
     # --- generation ----------------------------------------------------------------------
 

@@ -258,13 +258,21 @@ class Tokenized(dict):
     """``input_ids`` and ``labels`` of one example (a dict, as the Trainer's collator expects)."""
 
 
+def special_prefix(tokenizer: Any) -> list[int]:
+    """The ids a tokenizer puts before any text (Llama's BOS; nothing for Qwen2)."""
+    return tokenizer("", add_special_tokens=True)["input_ids"]
+
+
 def tokenize(
-    segments: list[Segment], tokenizer: Any, max_length: int, add_eos: bool
+    segments: list[Segment], tokenizer: Any, max_length: int, add_eos: bool, prefix: list[int] | None = None
 ) -> tuple[Tokenized | None, bool]:
-    """Token ids and labels; returns (None, _) when truncation leaves no response token."""
+    """Token ids and labels; returns (None, _) when truncation leaves no response token.
+
+    ``prefix`` is ``special_prefix(tokenizer)``, passed in to compute it once per data set.
+    """
     ids: list[int] = []
     labels: list[int] = []
-    prefix = tokenizer("", add_special_tokens=True)["input_ids"]
+    prefix = special_prefix(tokenizer) if prefix is None else prefix
     bos = tokenizer.bos_token
     if prefix and not (bos and segments and segments[0].text.startswith(bos)):
         ids += prefix
@@ -297,13 +305,13 @@ def load_examples(recipe: Any, tokenizer: Any) -> tuple[list[Tokenized], DataSta
     options = {"lang": data.lang, "mcq": data.mcq.model_dump()}
     stats = DataStats()
     examples: list[Tokenized] = []
+    prefix = special_prefix(tokenizer)
     for path, fmt in recipe.data_files():
         count = 0
         for item in FORMATS[fmt](path, options):
             segments = segments_for(item, data.template, tokenizer, data.system)
-            tokens, truncated = tokenize(
-                segments, tokenizer, recipe.train.max_length, add_eos=data.template != "chat"
-            )
+            add_eos = data.template != "chat"  # a chat template closes the turn itself
+            tokens, truncated = tokenize(segments, tokenizer, recipe.train.max_length, add_eos, prefix)
             stats.truncated += truncated
             if tokens is None:
                 stats.dropped += 1

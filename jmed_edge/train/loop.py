@@ -1,10 +1,17 @@
-"""The transformers Trainer as jmed-edge configures it: recipe settings -> TrainingArguments."""
+"""The transformers Trainer as jmed-edge configures it: recipe settings -> TrainingArguments.
+
+Imported only when training starts (it imports transformers).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
 
 from jmed_edge.train.data import IGNORE, Tokenized
 from jmed_edge.train.model import Hardware
@@ -26,8 +33,6 @@ class PadCollator:
         self.keep_mask = keep_mask
 
     def __call__(self, batch: list[Tokenized]) -> dict[str, Any]:
-        import torch
-
         longest = max(len(e["input_ids"]) for e in batch)
         width = -(-longest // self.multiple) * self.multiple
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
@@ -52,11 +57,59 @@ def response_loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> 
     Summed and divided by the response tokens of the whole accumulated batch, as transformers'
     own causal-LM loss does, so gradient accumulation gives the same update as one big batch.
     """
-    import torch.nn.functional as F
-
     target = labels[:, 1:][labels[:, 1:] != IGNORE]
     loss = F.cross_entropy(outputs.logits.float(), target.to(outputs.logits.device), reduction="sum")
     return loss / (num_items_in_batch if num_items_in_batch is not None else max(target.numel(), 1))
+
+
+class LengthGroupedOrder:
+    """Batches of similar length, in a random order that is fixed by (seed, epoch).
+
+    Shuffle, cut into mega-batches of 50 batches, sort each by length and cut it into batches
+    (as transformers' LengthGroupedSampler does), then shuffle the order of the batches: its
+    sampler keeps them longest-first within each mega-batch, so the loss of the first 50 steps
+    traces example length rather than learning. Under data parallelism every process takes
+    ``batch_size`` consecutive indices, so each process's batch is length-homogeneous.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, mega: int = 50) -> None:
+        self.lengths, self.batch_size, self.seed, self.mega = lengths, batch_size, seed, mega
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        size = self.batch_size * self.mega
+        batches: list[list[int]] = []
+        for start in range(0, len(order), size):
+            chunk = sorted(order[start : start + size], key=lambda i: -self.lengths[i])
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        full = [b for b in batches if len(b) == self.batch_size]
+        rest = [i for b in batches if len(b) < self.batch_size for i in b]  # one short batch, last
+        for index in torch.randperm(len(full), generator=g).tolist():
+            yield from full[index]
+        yield from rest
+
+
+class JmedTrainer(Trainer):
+    """The Trainer with ``LengthGroupedOrder`` batches when ``group_by_length`` is set."""
+
+    def __init__(self, *args: Any, group_by_length: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.group_by_length = group_by_length
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not self.group_by_length:
+            return super()._get_train_sampler(dataset)
+        lengths = [len(example["input_ids"]) for example in dataset]
+        return LengthGroupedOrder(lengths, self.args.per_device_train_batch_size, self.args.seed)
 
 
 def accepts_logits_mask(model: Any) -> bool:
@@ -107,8 +160,7 @@ def training_arguments(recipe: Recipe, ckpt: Path, hardware: Hardware, has_eval:
         bf16=hardware.precision == "bf16",
         fp16=hardware.precision == "fp16",
         use_cpu=hardware.device == "cpu",
-        # Batches of similar length waste little compute on padding.
-        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        train_sampling_strategy="random",  # length grouping: LengthGroupedOrder, set in build_trainer
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
         label_names=["labels"],
@@ -132,7 +184,6 @@ def build_trainer(
     callbacks: Sequence[Any],
 ) -> tuple[Any, Any]:
     """The Trainer and its progress callback (None when progress is off)."""
-    from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback
     from transformers.trainer_callback import ProgressCallback as TqdmProgress
 
@@ -140,7 +191,9 @@ def build_trainer(
 
     selective = accepts_logits_mask(model)
     progress_cb = ProgressCallback(f"training {Path(recipe.source).stem or 'recipe'}") if progress else None
-    trainer = Trainer(
+
+    trainer = JmedTrainer(
+        group_by_length=recipe.train.group_by_length,
         model=model,
         args=training_arguments(recipe, ckpt, hardware, bool(eval_set)),
         train_dataset=train_set,

@@ -81,6 +81,11 @@ def _as_recipe(recipe: Recipe | str | Path, overrides: Iterable[str]) -> Recipe:
     return validate_recipe(raw, source=recipe.source, base_dir=Path(recipe.base_dir), shipped=recipe.shipped)
 
 
+def last_checkpoint(out: str | Path) -> Path | None:
+    """The newest resumable checkpoint of the adapter folder ``out`` (None when there is none)."""
+    return _last_checkpoint(checkpoints_dir(Path(out).expanduser().absolute()))
+
+
 def _last_checkpoint(folder: Path) -> Path | None:
     from transformers.trainer_utils import get_last_checkpoint
 

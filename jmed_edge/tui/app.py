@@ -59,6 +59,11 @@ class JmedEdgeApp(App[None]):
         Binding("2", "app.switch_mode('chat')", "Chat", show=False),
         Binding("3", "app.switch_mode('bench')", "Bench", show=False),
         Binding("4", "app.switch_mode('report')", "Report", show=False),
+        # The same from inside a text field, where digits are typed.
+        Binding("f2", "app.switch_mode('artifacts')", "Artifacts", show=False, priority=True),
+        Binding("f3", "app.switch_mode('chat')", "Chat", show=False, priority=True),
+        Binding("f4", "app.switch_mode('bench')", "Bench", show=False, priority=True),
+        Binding("f5", "app.switch_mode('report')", "Report", show=False, priority=True),
         Binding("f1", "help", "Help", priority=True),
         Binding("question_mark", "help", "Help", show=False),
         Binding("ctrl+q", "quit", "Quit", priority=True),

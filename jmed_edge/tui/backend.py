@@ -104,6 +104,14 @@ class Backend:
 
     def verify(self, artifact: Path) -> Any:
         """``jmed-edge verify``: check against the source, record the result in the manifest."""
+        from jmed_edge.artifacts import describe
+
+        if describe(Path(artifact)).format == "onnx":
+            from jmed_edge.convert.onnx.verify import verify_onnx
+
+            result = verify_onnx(Path(artifact), raise_on_failure=False, record=True)
+            result.raise_if_failed()
+            return result
         from jmed_edge.convert.verify import verify_artifact
 
         result = verify_artifact(Path(artifact), record=True)

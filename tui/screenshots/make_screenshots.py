@@ -30,7 +30,9 @@ from jmed_edge.tui.app import JmedEdgeApp
 from jmed_edge.tui.widgets.chat_pane import ChatPane
 
 HERE = Path(__file__).resolve().parent
-QUESTION = "高血圧の第一選択薬は何ですか？ What is the first-line treatment for hypertension?"
+# The embedded 135M model answers English sensibly and Japanese poorly (the snapshot tests show
+# Japanese conversations, with scripted answers).
+QUESTION = "What is the first-line treatment for hypertension?"
 
 
 async def wait_for(pilot: Pilot, condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -68,7 +70,7 @@ async def scenario(app: JmedEdgeApp, pilot: Pilot, out: Path, bench_out: Path, r
     await take(app, pilot, out, "artifacts")
 
     # Chat: the same question to the largest and the smallest GGUF, side by side.
-    await pilot.press("2", "ctrl+t")
+    await pilot.press("f3", "ctrl+t")
     steady(app)
     app.screen.query_one("#pane-a", ChatPane).choose(str(big.info.path))
     app.screen.query_one("#pane-b", ChatPane).choose(str(small.info.path))
@@ -80,7 +82,7 @@ async def scenario(app: JmedEdgeApp, pilot: Pilot, out: Path, bench_out: Path, r
     await take(app, pilot, out, "chat")
 
     # Bench: two artifacts on the bundled sample, into a scratch folder; shot while it runs.
-    await pilot.press("3")
+    await pilot.press("f4")
     steady(app)
     chooser = app.screen.query_one("#bench-artifacts", SelectionList)
     chooser.deselect_all()
@@ -89,16 +91,15 @@ async def scenario(app: JmedEdgeApp, pilot: Pilot, out: Path, bench_out: Path, r
     app.screen.query_one("#bench-limit", Input).value = "8"
     app.screen.query_one("#bench-out", Input).value = str(bench_out)
     await pilot.press("ctrl+s")
-    await wait_for(
-        pilot, lambda: "done" in str(app.screen.query(".job-stats").first().render()), 900, "the first job"
-    )
-    await pilot.pause(3)
+    stats = app.screen.query(".job-stats")
+    await wait_for(pilot, lambda: "done" in str(stats.first().render()), 900, "the first job")
+    await wait_for(pilot, lambda: "questions" in str(stats.last().render()), 900, "the second job's progress")
     await take(app, pilot, out, "bench")
     await pilot.press("ctrl+x")
     await wait_for(pilot, lambda: not app.screen.running, 900, "the bench to stop")
 
     # Report: the root's own bench results against the largest artifact, with KL divergence.
-    await pilot.press("4")
+    await pilot.press("f5")
     steady(app)
     screen = app.screen
     run_dirs = [d for d in app.backend.run_folders(app.root) if not d.is_relative_to(bench_out)]
@@ -111,7 +112,7 @@ async def scenario(app: JmedEdgeApp, pilot: Pilot, out: Path, bench_out: Path, r
     refs = screen.query_one("#report-reference", Select)
     await wait_for(pilot, lambda: refs.value in names, 60, "the reference choices")
     refs.value = reference or next((n for n in names if "F16" in n), names[0])
-    screen.query_one("#budget", Input).value = "1GB"
+    screen.query_one("#budget", Input).value = "4GB"
     await pilot.press("ctrl+r")
     await wait_for(pilot, lambda: screen.data is not None, 900, "the report")
     screen.query_one("#report-tabs", TabbedContent).active = "tab-chart"
@@ -152,9 +153,13 @@ def main() -> int:
 
     async def run() -> None:
         app = JmedEdgeApp(args.root)
-        with tempfile.TemporaryDirectory(prefix="jmed-tui-bench-") as bench_out:
+        # The benchmark run for the screenshot writes to a hidden scratch folder, removed after.
+        bench_out = args.root / ".screenshot-bench"
+        try:
             async with app.run_test(size=(width, height)) as pilot:
-                await scenario(app, pilot, args.out, Path(bench_out), args.reference)
+                await scenario(app, pilot, args.out, bench_out, args.reference)
+        finally:
+            shutil.rmtree(bench_out, ignore_errors=True)
 
     asyncio.run(run())
     for svg in sorted(args.out.glob("*.svg")):

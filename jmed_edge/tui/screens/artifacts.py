@@ -149,17 +149,27 @@ with it, benchmark it, verify it against its source, or convert a Hugging Face m
         lines = [f"[b]{escape(a.name)}[/b] · {escape(a.path)}"]
         if manifest is not None:
             parent = manifest.parent or {}
-            lines.append(f"made {manifest.created or '?'} · parent {escape(str(parent.get('path', '-')))}")
+            lines.append(f"made {manifest.created or '?'} · parent {escape(self._shown(parent.get('path')))}")
             checks = (manifest.verification or {}).get("checks") or []
             if checks:
                 marks = {True: "✓", False: "✗", None: "•"}
                 lines.append(
                     "checks: "
                     + "  ".join(
-                        f"{marks.get(c.get('passed'), '•')} {escape(str(c.get('name')))}" for c in checks
+                        f"{marks.get(c.get('passed', c.get('ok')), '•')} {escape(str(c.get('name')))}"
+                        for c in checks
                     )
                 )
         detail.update("\n".join(lines))
+
+    def _shown(self, path: str | None) -> str:
+        """A path as the user knows it: relative to the root when it lies below it."""
+        if not path:
+            return "-"
+        try:
+            return str(Path(path).resolve().relative_to(self.app.root.resolve()))
+        except ValueError:
+            return path
 
     # --- actions --------------------------------------------------------------------------
 

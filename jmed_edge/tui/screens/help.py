@@ -13,6 +13,7 @@ from textual.widgets import Static
 
 GLOBAL_KEYS = (
     ("1 2 3 4", "Artifacts, Chat, Bench, Report (or click the tabs)"),
+    ("F2 F3 F4 F5", "the same, also while typing in a text field"),
     ("Tab / Shift+Tab", "move between fields and buttons"),
     ("F1 or ?", "this help"),
     ("Ctrl+Q", "quit"),

@@ -81,7 +81,9 @@ class ChatPane(Vertical):
         self.border_subtitle = ""
         if self.query(".msg") and event.value is not Select.NULL:
             # The next question starts a new conversation: the other model has not seen this one.
-            self.add_message("note", f"new conversation with {self.labels.get(str(event.value), event.value)}")
+            self.add_message(
+                "note", f"new conversation with {self.labels.get(str(event.value), event.value)}"
+            )
 
     # --- messages -------------------------------------------------------------------------
 
