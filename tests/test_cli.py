@@ -17,13 +17,9 @@ def test_help_lists_every_stage_with_an_example(run_cli):
 
 
 @pytest.mark.parametrize("stage", [s.name for s in STAGES])
-def test_each_stage_help_has_a_copy_pasteable_example(stage, capsys):
-    from jmed_edge.cli import main
-
-    with pytest.raises(SystemExit) as exc:
-        main([stage, "--help"])
-    assert exc.value.code == 0
-    out = capsys.readouterr().out
+def test_each_stage_help_has_a_copy_pasteable_example(stage, run_cli):
+    code, out, _ = run_cli(stage, "--help")
+    assert code == 0
     assert "example" in out and "jmed-edge " + stage in out
 
 

@@ -7,10 +7,11 @@ from pathlib import Path
 
 from jmed_edge.registry import Registry
 
-# --to NAME -> function(args, console) -> {artifact name: folder}
+# --to NAME -> function(args, console) -> {artifact name: folder}; each prints its own results.
 TARGETS: Registry = Registry("conversion target")
 TARGETS.add("gguf", "jmed_edge.convert.cli:to_gguf", "F16/BF16 GGUF and quantized GGUFs (llama.cpp)")
 TARGETS.add("gguf-lora", "jmed_edge.convert.cli:to_gguf_lora", "a peft LoRA adapter as a GGUF LoRA")
+TARGETS.add("onnx", "jmed_edge.convert.onnx.cli:to_onnx", "ONNX for onnxruntime(-genai): fp32, int8, int4")
 
 EXAMPLES = """\
 examples:
@@ -19,6 +20,7 @@ examples:
   jmed-edge convert runs/merged --to gguf --preset cpu-8gb --out runs/gguf      (imatrix from ja/en medical text)
   jmed-edge convert runs/merged --to gguf --quant iq3_m,iq2_xs --imatrix auto --out runs/gguf
   jmed-edge convert runs/adapter --to gguf-lora --base-gguf runs/gguf/F16 --out runs/gguf-lora
+  jmed-edge convert runs/merged --to onnx --onnx-precision int8,int4 --out runs/onnx
   jmed-edge convert --list-presets
 """
 
@@ -67,6 +69,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--list-presets", action="store_true", help="list target-machine presets and exit")
     parser.add_argument("--list-quants", action="store_true", help="list quantization types and exit")
+    from jmed_edge.convert.onnx.cli import add_onnx_arguments
+
+    add_onnx_arguments(parser)
     parser.set_defaults(func=_main)
 
 
@@ -84,23 +89,18 @@ def _main(args: argparse.Namespace) -> int:
         raise ConfigError(
             "convert needs SRC and --out, e.g.: jmed-edge convert runs/merged --to gguf --out runs/gguf"
         )
-    from jmed_edge.convert.console import artifacts_table, quiet_libraries
+    from jmed_edge.convert.console import quiet_libraries
 
     target = TARGETS.get(args.to)
     quiet_libraries()
-    folders = target(args, console)
-
-    if args.to == "gguf":
-        console.print(artifacts_table(folders))
-    else:
-        for name, folder in folders.items():
-            console.print(f"[green]✓[/] {name}: {folder}")
+    target(args, console)
     return 0
 
 
 def to_gguf(args: argparse.Namespace, console) -> dict[str, Path]:
-    from jmed_edge.convert.console import RichProgress
+    from jmed_edge.convert.console import RichProgress, artifacts_table
     from jmed_edge.convert.gguf import convert_to_gguf
+    from jmed_edge.convert.quant_types import DEFAULT_QUANTS
 
     quants, imatrix, outtype = args.quant, args.imatrix, args.outtype
     with RichProgress() as progress:
@@ -114,10 +114,10 @@ def to_gguf(args: argparse.Namespace, console) -> dict[str, Path]:
             progress.note(f"preset {preset.name}: {preset.description}; types {quants}, imatrix {imatrix}")
         if imatrix == "none":
             imatrix = None
-        return convert_to_gguf(
+        folders = convert_to_gguf(
             args.src,
             args.out,
-            quants=quants if quants is not None else ("q8_0", "q4_k_m"),
+            quants=quants if quants is not None else DEFAULT_QUANTS,
             imatrix=imatrix,
             outtype=outtype or "f16",
             force=args.force,
@@ -125,6 +125,8 @@ def to_gguf(args: argparse.Namespace, console) -> dict[str, Path]:
             pre_tokenizer=args.pre_tokenizer,
             progress=progress,
         )
+    console.print(artifacts_table(folders))
+    return folders
 
 
 def to_gguf_lora(args: argparse.Namespace, console) -> dict[str, Path]:
@@ -140,6 +142,7 @@ def to_gguf_lora(args: argparse.Namespace, console) -> dict[str, Path]:
             verify=not args.no_verify,
             progress=progress,
         )
+    console.print(f"[green]✓[/] GGUF LoRA: {out}")
     return {"LoRA": out}
 
 

@@ -33,7 +33,9 @@ from jmed_edge.runtimes.base import log_softmax
 log = logging.getLogger(__name__)
 
 LORA_FILE = "adapter-F16.gguf"
-KL_TOL = 1e-3  # measured: ~6e-6 against the peft model with an F16 base
+# Mean KL(peft || GGUF base + GGUF LoRA). Measured ~1e-5 with an F16 base and an fp32 peft model;
+# a peft model run in bf16/fp16 (a 7B in its stored dtype) is itself ~1e-4..1e-3 off, so it gets more.
+KL_TOL = {"float32": 1e-3, "bfloat16": 5e-3, "float16": 5e-3}
 MEANINGFUL = 10  # the adapter's own effect must exceed the conversion error this many times
 
 
@@ -84,12 +86,15 @@ def check_adapter(adapter: Path, lora_file: Path, base_gguf: Path) -> list[Check
     ids = [tok(text)["input_ids"] for text in probes.LOGIT_PROBES]
     runtimes = {"peft": (adapter, {}), "base": (base_hf, {}), "gguf": (base_gguf, {"lora_path": lora_file})}
     out: dict[str, list[np.ndarray]] = {}
-    for name, (path, options) in runtimes.items():
+    dtype = "float32"
+    for name, (path, options) in runtimes.items():  # one model in memory at a time
         runtime = open_for_checks(path, **options)
         try:
             out[name] = _logits(runtime, ids)
+            dtype = str(getattr(runtime, "dtype", dtype)) if name == "peft" else dtype
         finally:
             runtime.close()
+    tol = KL_TOL.get(dtype, KL_TOL["bfloat16"])
     kl, effect = _kl(out["peft"], out["gguf"]), _kl(out["peft"], out["base"])
     top1 = float(
         np.mean(
@@ -102,14 +107,15 @@ def check_adapter(adapter: Path, lora_file: Path, base_gguf: Path) -> list[Check
         "positions": int(kl.size),
         "kl_mean": float(kl.mean()),
         "kl_max": float(kl.max()),
-        "kl_tol": KL_TOL,
+        "kl_tol": tol,
+        "peft_dtype": dtype,
         "top1": top1,
         "adapter_effect_kl": float(effect.mean()),
     }
     parity = Check(
         "adapter parity",
-        bool(kl.mean() <= KL_TOL),
-        f"base GGUF + GGUF LoRA vs peft on {kl.size} positions: KL {kl.mean():.2e} (tol {KL_TOL:.0e}), top-1 {top1:.1%}",
+        bool(kl.mean() <= tol),
+        f"base GGUF + GGUF LoRA vs peft on {kl.size} positions: KL {kl.mean():.2e} (tol {tol:.0e}), top-1 {top1:.1%}",
         values,
     )
     meaningful = effect.mean() > MEANINGFUL * kl.mean()

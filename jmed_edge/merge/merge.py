@@ -125,6 +125,15 @@ def check_adapter_shapes(model: Any, adapter: Path) -> None:
         )
 
 
+def _base_record(base: Path, manifest: Manifest | None) -> dict[str, Any]:
+    """The base's parent record; reused from the adapter's manifest when it names this very folder
+    (hashing a 7B's 15 GB again would cost a minute)."""
+    recorded = manifest.parent if manifest else None
+    if recorded and Path(recorded.get("path", "")) == base and recorded.get("sha256"):
+        return recorded
+    return parent_record(base)
+
+
 def fold_adapter(peft_model: Any) -> Any:
     """Merge the LoRA update into the base weights, in place; returns the plain model."""
     return peft_model.merge_and_unload(progressbar=False, safe_merge=True)
@@ -220,7 +229,7 @@ def merge_adapter(
             parent=parent_record(adapter),
             config={"dtype": dtype, "base": str(base_path), "adapter": str(adapter)},
             license=license,
-            details={"base": parent_record(base_path), "merged_from_qlora": quantized, "note": note,
+            details={"base": _base_record(base_path, manifest), "merged_from_qlora": quantized, "note": note,
                      "pre_tokenizer": (base_manifest.details.get("pre_tokenizer") if base_manifest else None)},
             verification=result.as_dict() | {"method": "logits of the reloaded merged model vs base + adapter"},
         ).seal(tmp)  # fmt: skip
