@@ -26,7 +26,11 @@ class ArtifactInfo:
 
     @property
     def size_bytes(self) -> int:
-        return self.model_file.stat().st_size if self.model_file and self.format.startswith("gguf") else dir_size(self.path)
+        return (
+            self.model_file.stat().st_size
+            if self.model_file and self.format.startswith("gguf")
+            else dir_size(self.path)
+        )
 
     @property
     def folder(self) -> Path:
@@ -80,7 +84,9 @@ def _gguf_general_type(path: Path) -> str:
                     return fh.read(read("Q")).decode("utf-8", errors="replace")
                 skip_value(vtype)
     except (EOFError, ValueError, OSError) as exc:
-        raise ArtifactError(f"{path} is not a readable GGUF file ({type(exc).__name__}); re-convert it") from exc
+        raise ArtifactError(
+            f"{path} is not a readable GGUF file ({type(exc).__name__}); re-convert it"
+        ) from exc
     return "model"
 
 
@@ -90,7 +96,9 @@ def _from_gguf_file(path: Path, manifest: Manifest | None) -> ArtifactInfo:
             raise ArtifactError(f"{path} is not a GGUF file (bad magic); re-convert it")
     lora = (manifest.kind == "gguf-lora") if manifest else _gguf_general_type(path) == "adapter"
     fmt = "gguf-lora" if lora else "gguf"
-    return ArtifactInfo(path, fmt, fmt, path, manifest, manifest.name if manifest and manifest.name else path.stem)
+    return ArtifactInfo(
+        path, fmt, fmt, path, manifest, manifest.name if manifest and manifest.name else path.stem
+    )
 
 
 def describe(path: Path) -> ArtifactInfo:
@@ -107,7 +115,9 @@ def describe(path: Path) -> ArtifactInfo:
     manifest = read_manifest(path, required=False) if (path / MANIFEST_NAME).exists() else None
     name = manifest.name if manifest and manifest.name else path.name
     ggufs = sorted(path.glob("*.gguf"))
-    if (manifest and manifest.format in ("gguf", "gguf-lora")) or (ggufs and not (path / "config.json").exists()):
+    if (manifest and manifest.format in ("gguf", "gguf-lora")) or (
+        ggufs and not (path / "config.json").exists()
+    ):
         if len(ggufs) != 1:
             raise ArtifactError(f"{path} holds {len(ggufs)} .gguf files; pass the one you mean")
         return _from_gguf_file(ggufs[0], manifest)
@@ -120,11 +130,17 @@ def describe(path: Path) -> ArtifactInfo:
         try:
             config = json.loads((path / "config.json").read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise ArtifactError(f"{path / 'config.json'} is not valid JSON ({exc.msg}); re-save the model") from exc
+            raise ArtifactError(
+                f"{path / 'config.json'} is not valid JSON ({exc.msg}); re-save the model"
+            ) from exc
         if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
-            raise ArtifactError(f"{path} has config.json but no weights (*.safetensors); is the download complete?")
+            raise ArtifactError(
+                f"{path} has config.json but no weights (*.safetensors); is the download complete?"
+            )
         if "architectures" not in config and "model_type" not in config:
-            raise ArtifactError(f"{path / 'config.json'} names no model_type; is this a Hugging Face model folder?")
+            raise ArtifactError(
+                f"{path / 'config.json'} names no model_type; is this a Hugging Face model folder?"
+            )
         return ArtifactInfo(path, "hf-safetensors", "model", None, manifest, name)
     raise ArtifactError(
         f"{path} is not a model: expected a Hugging Face folder (config.json + *.safetensors), "

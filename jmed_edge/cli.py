@@ -61,9 +61,13 @@ STAGES = (
           "jmed-edge recipes cp demo my-recipe.yaml"),
 )  # fmt: skip
 
-EPILOG = "examples:\n" + "\n".join(f"  {s.example}" for s in STAGES) + (
-    "\n\nThe embedded default model (SmolLM2-135M-Instruct) stands in for your own 7B model;\n"
-    "point any stage at a local Hugging Face folder instead. Nothing is downloaded at run time."
+EPILOG = (
+    "examples:\n"
+    + "\n".join(f"  {s.example}" for s in STAGES)
+    + (
+        "\n\nThe embedded default model (SmolLM2-135M-Instruct) stands in for your own 7B model;\n"
+        "point any stage at a local Hugging Face folder instead. Nothing is downloaded at run time."
+    )
 )
 
 
@@ -95,7 +99,6 @@ def build_parser(selected: str | None) -> argparse.ArgumentParser:
         if stage.name == selected:
             importlib.import_module(stage.module).configure(stage_parser)
     return parser
-
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug, not a user mistake: say so and point at --debug
         if debug:
             raise
-        _print_error(f"internal error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)")
+        _print_error(
+            f"internal error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)"
+        )
         return 1
 
 

@@ -51,7 +51,9 @@ def _python() -> Check:
 def _llama_cpp() -> Check:
     version = _version("llama_cpp_python")
     if version is None:
-        return Check("llama.cpp", FAIL, "llama-cpp-python not installed", "pip install llama-cpp-python==0.3.36")
+        return Check(
+            "llama.cpp", FAIL, "llama-cpp-python not installed", "pip install llama-cpp-python==0.3.36"
+        )
     import llama_cpp
 
     info = llama_cpp.llama_print_system_info().decode(errors="replace")
@@ -73,7 +75,9 @@ def _onnxruntime() -> Check:
         return Check("onnxruntime", FAIL, "not installed", "pip install onnxruntime")
     import onnxruntime
 
-    return Check("onnxruntime", OK, f"{version}; providers: {', '.join(onnxruntime.get_available_providers())}")
+    return Check(
+        "onnxruntime", OK, f"{version}; providers: {', '.join(onnxruntime.get_available_providers())}"
+    )
 
 
 def _gpu() -> Check:
@@ -81,8 +85,12 @@ def _gpu() -> Check:
 
     if torch.cuda.is_available():
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        return Check("CUDA GPU", OK, f"{len(names)}: {', '.join(names)} (CUDA {torch.version.cuda})", required=False)
-    build = "CPU build of torch" if torch.version.cuda is None else f"torch built for CUDA {torch.version.cuda}"
+        return Check(
+            "CUDA GPU", OK, f"{len(names)}: {', '.join(names)} (CUDA {torch.version.cuda})", required=False
+        )
+    build = (
+        "CPU build of torch" if torch.version.cuda is None else f"torch built for CUDA {torch.version.cuda}"
+    )
     return Check("CUDA GPU", WARN, f"none ({build}); training and inference run on the CPU", required=False)
 
 
@@ -104,7 +112,9 @@ def _disk() -> Check:
         probe = probe.parent
     free = shutil.disk_usage(probe).free / 1024**3
     status = OK if free >= 5 else WARN
-    return Check("disk", status, f"{free:.1f} GiB free at {probe}", "a 7B model needs ~40 GB to convert", False)
+    return Check(
+        "disk", status, f"{free:.1f} GiB free at {probe}", "a 7B model needs ~40 GB to convert", False
+    )
 
 
 def _default_model() -> Check:
@@ -118,7 +128,9 @@ def _default_model() -> Check:
     where = default_model_dir()
     if is_materialised(where):
         return Check("default model", OK, f"materialised at {where}")
-    return Check("default model", WARN, f"GGUF at {gguf}; not materialised yet", "run: jmed-edge model default", False)
+    return Check(
+        "default model", WARN, f"GGUF at {gguf}; not materialised yet", "run: jmed-edge model default", False
+    )
 
 
 CHECKS: tuple[Callable[[], Check], ...] = (
@@ -179,7 +191,6 @@ def _main(args: argparse.Namespace) -> int:
         from jmed_edge.errors import DependencyError
 
         raise DependencyError(
-            f"{len(failed)} required check(s) failed: "
-            + "; ".join(f"{c.name} ({c.fix})" for c in failed)
+            f"{len(failed)} required check(s) failed: " + "; ".join(f"{c.name} ({c.fix})" for c in failed)
         )
     return 0

@@ -145,7 +145,7 @@ def parse_bytes(text: str) -> int:
              "TB": 1024**4, "TIB": 1024**4}  # fmt: skip
     s = text.strip().upper().replace(" ", "")
     num = s.rstrip("KMGTIB")
-    unit = s[len(num):]
+    unit = s[len(num) :]
     try:
         return int(float(num) * units[unit])
     except (ValueError, KeyError):

@@ -145,7 +145,9 @@ def parent_record(parent: Path) -> dict[str, Any]:
     manifest = read_manifest(parent, required=False)
     if manifest is not None and manifest.sha256:
         return {"path": str(parent), "kind": manifest.kind, "sha256": manifest.sha256}
-    files = file_table(parent) if parent.is_dir() else {
-        parent.name: {"size": parent.stat().st_size, "sha256": sha256_file(parent)}
-    }
+    files = (
+        file_table(parent)
+        if parent.is_dir()
+        else {parent.name: {"size": parent.stat().st_size, "sha256": sha256_file(parent)}}
+    )
     return {"path": str(parent), "kind": "external", "sha256": content_hash(files)}

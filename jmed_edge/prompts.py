@@ -118,7 +118,10 @@ def _render_chat(example: Example, shots: Sequence[Example], tokenizer: Any, sys
         )
     messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     for shot in shots:
-        messages += [{"role": "user", "content": _user_turn(shot)}, {"role": "assistant", "content": shot.output}]
+        messages += [
+            {"role": "user", "content": _user_turn(shot)},
+            {"role": "assistant", "content": shot.output},
+        ]
     messages.append({"role": "user", "content": _user_turn(example)})
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 

@@ -21,7 +21,9 @@ def _main(args: argparse.Namespace) -> int:
     if ready and not args.force:
         console.print(f"[green]✓[/] {detail}")
         return 0
-    with console.status("fetching llama.cpp's converter and building llama-imatrix and llama-quantize (once, ~5 min)"):
+    with console.status(
+        "fetching llama.cpp's converter and building llama-imatrix and llama-quantize (once, ~5 min)"
+    ):
         setup_tools(force=args.force, jobs=args.jobs)
     console.print(f"[green]✓[/] {tools_status()[1]}")
     return 0

@@ -24,7 +24,7 @@ def test_each_stage_help_has_a_copy_pasteable_example(stage, run_cli):
 
 
 def test_user_error_is_one_line_without_traceback(run_cli, tmp_path):
-    code, out, err = run_cli("model", "info", tmp_path / "nowhere")
+    code, _, err = run_cli("model", "info", tmp_path / "nowhere")
     assert code == 2
     assert err.strip().startswith("error:")
     assert "does not exist" in err
@@ -34,7 +34,8 @@ def test_user_error_is_one_line_without_traceback(run_cli, tmp_path):
 def test_debug_shows_the_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "jmed_edge", "--debug", "model", "info", str(tmp_path / "nowhere")],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "ArtifactError" in result.stderr

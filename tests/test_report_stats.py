@@ -48,7 +48,7 @@ def test_bootstrap_interval_is_reproducible_and_brackets_the_accuracy():
 
 
 def test_bootstrap_degenerate_cases():
-    assert bootstrap_ci([True] * 10) .low == 1.0
+    assert bootstrap_ci([True] * 10).low == 1.0
     empty = bootstrap_ci([])
     assert math.isnan(empty.low) and math.isnan(empty.high)
 

@@ -57,7 +57,7 @@ def test_manifest_seal_read_and_check(tmp_path):
 
 
 def test_corrupt_or_missing_manifest_is_a_clear_error(tmp_path):
-    with pytest.raises(ArtifactError, match="has no jmed_manifest.json"):
+    with pytest.raises(ArtifactError, match=r"has no jmed_manifest\.json"):
         read_manifest(tmp_path)
     (tmp_path / MANIFEST_NAME).write_text("{not json")
     with pytest.raises(ArtifactError, match="not a valid manifest"):
@@ -76,7 +76,10 @@ def test_registry_suggests_the_closest_name():
         reg.get("q4_km")
 
 
-@pytest.mark.parametrize(("text", "value"), [("8GB", 8 * 1024**3), ("512 MB", 512 * 1024**2), ("1.5GiB", int(1.5 * 1024**3)), ("100", 100)])
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("8GB", 8 * 1024**3), ("512 MB", 512 * 1024**2), ("1.5GiB", int(1.5 * 1024**3)), ("100", 100)],
+)
 def test_parse_bytes(text, value):
     assert parse_bytes(text) == value
 

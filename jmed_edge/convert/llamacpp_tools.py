@@ -141,7 +141,9 @@ def _build_tools(source: Path, out_dir: Path, jobs: int) -> None:
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-            raise DependencyError(f"building llama.cpp tools failed: {' | '.join(tail)}; is cmake/g++ installed?")
+            raise DependencyError(
+                f"building llama.cpp tools failed: {' | '.join(tail)}; is cmake/g++ installed?"
+            )
     out_dir.mkdir(parents=True, exist_ok=True)
     for tool in TOOLS:
         built = next((p for p in build.rglob(tool) if p.is_file()), None)
@@ -162,7 +164,9 @@ def setup_tools(*, force: bool = False, jobs: int | None = None) -> Path:
     if ready and not force:
         return tools_dir()
     if shutil.which("cmake") is None:
-        raise DependencyError("cmake is not installed; it is needed once to build llama-imatrix (apt install cmake)")
+        raise DependencyError(
+            "cmake is not installed; it is needed once to build llama-imatrix (apt install cmake)"
+        )
     dest = tools_dir()
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="jmed-llama-src-") as work, staging_dir(dest, force=True) as tmp:

@@ -40,11 +40,12 @@ def _targets(path: Path) -> list[Path]:
     from jmed_edge.artifacts import scan
     from jmed_edge.errors import ArtifactError
 
-    if path.is_dir() and not any(path.glob("*.gguf")) and not (path / "config.json").exists():
-        found = [a.folder for a in scan(path, max_depth=1) if a.format in ("gguf", "gguf-lora")]
+    if path.is_dir() and not any(path.glob("*.gguf")) and not any(path.glob("*.onnx")) \
+            and not (path / "config.json").exists():  # fmt: skip
+        found = [a.folder for a in scan(path, max_depth=1) if a.format in ("gguf", "gguf-lora", "onnx")]
         if not found:
             raise ArtifactError(
-                f"{path} holds no GGUF artifact (no .gguf file, no artifact folders with one)"
+                f"{path} holds no GGUF or ONNX artifact (no .gguf/.onnx file, no artifact folders with one)"
             )
         return found
     return [path]
@@ -69,7 +70,11 @@ def _main(args: argparse.Namespace) -> int:
         info = describe(target)
         with RichProgress() as progress:
             progress.task(f"verifying {info.name}")
-            if info.format == "gguf-lora":
+            if info.format == "onnx":
+                from jmed_edge.convert.onnx import verify_onnx
+
+                result = verify_onnx(target, args.against, raise_on_failure=False, record=not args.no_record)
+            elif info.format == "gguf-lora":
                 result = verify_lora(
                     target, base_gguf=args.base_gguf, record=not args.no_record, progress=progress
                 )

@@ -56,7 +56,9 @@ def _info(args: argparse.Namespace) -> int:
     table.add_row("parent", json.dumps(manifest.parent, ensure_ascii=False) if manifest.parent else "-")
     table.add_row("licence", manifest.license)
     table.add_row("created", manifest.created)
-    table.add_row("files", f"{len(manifest.files)} ({', '.join(check_files(args.artifact, manifest)) or 'all present'})")
+    table.add_row(
+        "files", f"{len(manifest.files)} ({', '.join(check_files(args.artifact, manifest)) or 'all present'})"
+    )
     for key, value in manifest.verification.items():
         table.add_row(f"verify: {key}", json.dumps(value, ensure_ascii=False)[:100])
     Console().print(table)

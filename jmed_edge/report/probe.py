@@ -58,7 +58,9 @@ def measure(artifact: Path, *, n_threads: int | None = None, repeats: int = 2) -
     }
 
 
-def measure_in_subprocess(artifact: Path, *, n_threads: int | None = None, timeout: float = 900) -> dict[str, Any]:
+def measure_in_subprocess(
+    artifact: Path, *, n_threads: int | None = None, timeout: float = 900
+) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "jmed_edge.report.probe", str(artifact)]
     if n_threads:
         cmd += ["--threads", str(n_threads)]

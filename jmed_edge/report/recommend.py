@@ -24,7 +24,9 @@ def significant_losses(cells: list[Cell]) -> list[str]:
     for c in cells:
         cmp = c.vs_reference
         if cmp is not None and cmp.difference < 0 and cmp.p_value < SIGNIFICANCE:
-            found.append(f"{c.artifact} ({c.benchmark}/{c.lang}: {100 * cmp.difference:+.1f} pts, p={cmp.p_value:.3g})")
+            found.append(
+                f"{c.artifact} ({c.benchmark}/{c.lang}: {100 * cmp.difference:+.1f} pts, p={cmp.p_value:.3g})"
+            )
     return found
 
 
@@ -53,7 +55,11 @@ def recommend(
         )  # fmt: skip
     # Best accuracy first; among equals the smaller file (faster to load, leaves RAM for context).
     chosen = max(within, key=lambda a: (round(_mean_accuracy(cells, a.name), 6), -a.size_bytes))
-    budget = f"fits in {human_bytes(budget_bytes)} of RAM (needs ~{human_bytes(chosen.ram_estimate_bytes)})" if budget_bytes else "no RAM budget given"
+    budget = (
+        f"fits in {human_bytes(budget_bytes)} of RAM (needs ~{human_bytes(chosen.ram_estimate_bytes)})"
+        if budget_bytes
+        else "no RAM budget given"
+    )
     reason = (
         f"{chosen.name}: {budget}; worst loss against {reference} is {_worst_loss(cells, chosen.name):.1f} points "
         f"(limit {max_loss:g}) with no statistically significant drop; mean accuracy "

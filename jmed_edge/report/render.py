@@ -24,7 +24,9 @@ def accuracy_rows(data: ReportData) -> tuple[list[str], list[list[str]]]:
     head = ["artifact", "benchmark", "lang", "n", "accuracy % [95% CI]", "points %", "Δ vs ref (pts)",
             "p (McNemar)", "flips R→W / W→R"]  # fmt: skip
     rows = []
-    for c in sorted(data.cells, key=lambda c: (c.benchmark, c.lang, c.artifact != data.reference, c.artifact)):
+    for c in sorted(
+        data.cells, key=lambda c: (c.benchmark, c.lang, c.artifact != data.reference, c.artifact)
+    ):
         cmp = c.vs_reference
         rows.append([
             c.artifact + (" (ref)" if c.artifact == data.reference else ""),
@@ -59,7 +61,17 @@ def kl_rows(data: ReportData) -> tuple[list[str], list[list[str]]]:
 
 
 def perf_rows(data: ReportData) -> tuple[list[str], list[list[str]]]:
-    head = ["artifact", "format", "quant", "file size", "peak RAM", "load s", "prompt tok/s", "gen tok/s", "questions/s"]
+    head = [
+        "artifact",
+        "format",
+        "quant",
+        "file size",
+        "peak RAM",
+        "load s",
+        "prompt tok/s",
+        "gen tok/s",
+        "questions/s",
+    ]
     rows = [
         [a.name, a.format, a.quant, human_bytes(a.size_bytes),
          human_bytes(a.peak_rss_bytes) if a.peak_rss_bytes else "-", _num(a.load_seconds, "{:.2f}"),
@@ -81,7 +93,9 @@ def _recommendation_text(data: ReportData) -> str:
     rec = data.recommendation
     lines = [f"**{rec.chosen}**: {rec.reason}" if rec.chosen else f"**No recommendation**: {rec.reason}"]
     if rec.significant_losses:
-        lines.append("Statistically significant losses (McNemar p < 0.05): " + "; ".join(rec.significant_losses))
+        lines.append(
+            "Statistically significant losses (McNemar p < 0.05): " + "; ".join(rec.significant_losses)
+        )
     else:
         lines.append("No artifact lost accuracy significantly (McNemar p < 0.05) against the reference.")
     return "\n\n".join(lines)
@@ -100,7 +114,12 @@ def sections(data: ReportData, figures: dict[str, Path]) -> list[tuple[str, str,
     """(title, intro text, table, figure key) in report order; shared by Markdown and HTML."""
     return [
         ("Recommendation", _recommendation_text(data), None, None),
-        ("Accuracy against the reference", f"Reference: **{data.reference}**.", accuracy_rows(data), "accuracy_vs_size"),
+        (
+            "Accuracy against the reference",
+            f"Reference: **{data.reference}**.",
+            accuracy_rows(data),
+            "accuracy_vs_size",
+        ),
         ("Answer flips", "", None, "flips"),
         ("Generation metrics", "", generation_rows(data), None),
         ("KL divergence against the reference", "", kl_rows(data), "kl_divergence"),
@@ -172,4 +191,6 @@ def write_html(data: ReportData, figures: dict[str, Path], out: Path) -> None:
 
 
 def write_json(data: ReportData, out: Path) -> None:
-    out.write_text(json.dumps(data.to_json(), indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    out.write_text(
+        json.dumps(data.to_json(), indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
+    )

@@ -26,6 +26,10 @@ def print_summary(data: ReportData, console: Console) -> None:
             kl.add_row(*row)
         console.print(kl)
     rec = data.recommendation
-    console.print(f"[bold green]recommended:[/] {rec.reason}" if rec.chosen else f"[bold yellow]no recommendation:[/] {rec.reason}")
+    console.print(
+        f"[bold green]recommended:[/] {rec.reason}"
+        if rec.chosen
+        else f"[bold yellow]no recommendation:[/] {rec.reason}"
+    )
     for loss in rec.significant_losses:
         console.print(f"[red]significant loss:[/] {loss}")

@@ -88,10 +88,12 @@ def _train_tokenizer(spec: TinySpec):
         else ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     )
     tok = Tokenizer(models.BPE(byte_fallback=False))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(LLAMA3_REGEX if llama else QWEN2_REGEX), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LLAMA3_REGEX if llama else QWEN2_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=spec.vocab_size,
@@ -105,7 +107,8 @@ def _train_tokenizer(spec: TinySpec):
 
         bos = tok.token_to_id("<|begin_of_text|>")
         tok.post_processor = processors.TemplateProcessing(
-            single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B",
+            single="<|begin_of_text|> $A",
+            pair="<|begin_of_text|> $A $B",
             special_tokens=[("<|begin_of_text|>", bos)],
         )
     return tok, specials
@@ -114,14 +117,19 @@ def _train_tokenizer(spec: TinySpec):
 def _wrap_tokenizer(spec: TinySpec):
     from transformers import PreTrainedTokenizerFast
 
-    tok, specials = _train_tokenizer(spec)
+    tok, _ = _train_tokenizer(spec)
     if spec.family == "llama":
         return PreTrainedTokenizerFast(
-            tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
-            pad_token="<|end_of_text|>", chat_template=LLAMA3_TEMPLATE,
+            tokenizer_object=tok,
+            bos_token="<|begin_of_text|>",
+            eos_token="<|eot_id|>",
+            pad_token="<|end_of_text|>",
+            chat_template=LLAMA3_TEMPLATE,
         )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
         chat_template=CHATML_TEMPLATE,
     )
 
@@ -130,11 +138,16 @@ def _model_config(spec: TinySpec, tokenizer):
     from transformers import LlamaConfig, Qwen2Config
 
     common = dict(
-        vocab_size=len(tokenizer), hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_kv_heads,
-        max_position_embeddings=spec.max_positions, initializer_range=spec.init_std,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads,
+        max_position_embeddings=spec.max_positions,
+        initializer_range=spec.init_std,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     if spec.family == "llama":
         return LlamaConfig(**common, bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=False)
