@@ -61,7 +61,7 @@ def recommend(
         else "no RAM budget given"
     )
     reason = (
-        f"{chosen.name}: {budget}; worst loss against {reference} is {_worst_loss(cells, chosen.name):.1f} points "
+        f"{chosen.name}: {budget}; worst loss against {reference} is {_worst_loss(cells, chosen.name) + 0.0:.1f} points "
         f"(limit {max_loss:g}) with no statistically significant drop; mean accuracy "
         f"{100 * _mean_accuracy(cells, chosen.name):.1f}% over {len({(c.benchmark, c.lang) for c in cells})} "
         f"benchmark/language pairs; {human_bytes(chosen.size_bytes)} on disk"
