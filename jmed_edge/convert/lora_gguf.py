@@ -96,13 +96,8 @@ def check_adapter(adapter: Path, lora_file: Path, base_gguf: Path) -> list[Check
             runtime.close()
     tol = KL_TOL.get(dtype, KL_TOL["bfloat16"])
     kl, effect = _kl(out["peft"], out["gguf"]), _kl(out["peft"], out["base"])
-    top1 = float(
-        np.mean(
-            np.concatenate(
-                [a.argmax(-1) == b.argmax(-1) for a, b in zip(out["peft"], out["gguf"], strict=True)]
-            )
-        )
-    )
+    agree = [a.argmax(-1) == b.argmax(-1) for a, b in zip(out["peft"], out["gguf"], strict=True)]
+    top1 = float(np.concatenate(agree).mean())
     values = {
         "positions": int(kl.size),
         "kl_mean": float(kl.mean()),

@@ -141,7 +141,9 @@ def _artifact_row(run: Run) -> ArtifactRow:
         path=str(s.get("artifact", "")),
         sha256=str(s.get("sha256", "")),
         size_bytes=int(s.get("size_bytes") or 0),
-        peak_rss_bytes=perf.get("peak_rss_bytes") or timings.get("peak_rss_bytes"),
+        # Only the per-artifact probe's peak RSS is the artifact's own; a bench process may have
+        # loaded several artifacts, so its peak is not used here.
+        peak_rss_bytes=perf.get("peak_rss_bytes"),
         load_seconds=perf.get("load_seconds") or timings.get("load_seconds"),
         prompt_tokens_per_second=perf.get("prompt_tokens_per_second"),
         decode_tokens_per_second=perf.get("decode_tokens_per_second"),
