@@ -56,11 +56,17 @@ def _gguf_general_type(path: Path) -> str:
             raise EOFError
         return struct.unpack("<" + fmt, chunk)[0]
 
+    def length() -> int:
+        n = read("Q")
+        if n > size:  # a corrupt header: never allocate or seek past the file
+            raise ValueError("length beyond the end of the file")
+        return n
+
     def skip_value(vtype: int) -> None:
         if vtype == 8:
-            fh.seek(read("Q"), 1)
+            fh.seek(length(), 1)
         elif vtype == 9:
-            item, count = read("I"), read("Q")
+            item, count = read("I"), length()
             if item in _GGUF_SCALARS:
                 fh.seek(struct.calcsize("<" + _GGUF_SCALARS[item]) * count, 1)
             else:
@@ -71,17 +77,18 @@ def _gguf_general_type(path: Path) -> str:
         else:
             raise ValueError(f"unknown GGUF value type {vtype}")
 
+    size = path.stat().st_size
     try:
         with open(path, "rb") as fh:
             if fh.read(4) != b"GGUF":
                 raise ValueError("bad magic")
             read("I")  # version
             read("Q")  # tensor count
-            for _ in range(read("Q")):
-                key = fh.read(read("Q")).decode("utf-8", errors="replace")
+            for _ in range(length()):
+                key = fh.read(length()).decode("utf-8", errors="replace")
                 vtype = read("I")
                 if key == "general.type" and vtype == 8:
-                    return fh.read(read("Q")).decode("utf-8", errors="replace")
+                    return fh.read(length()).decode("utf-8", errors="replace")
                 skip_value(vtype)
     except (EOFError, ValueError, OSError) as exc:
         raise ArtifactError(

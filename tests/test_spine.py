@@ -87,3 +87,16 @@ def test_parse_bytes(text, value):
 def test_parse_bytes_rejects_nonsense():
     with pytest.raises(ConfigError, match="8GB"):
         parse_bytes("eight gigs")
+
+
+def test_corrupt_gguf_header_is_one_line_not_a_crash(tmp_path):
+    from jmed_edge.artifacts import describe
+    from jmed_edge.models.default import default_gguf
+
+    head = bytearray(default_gguf().read_bytes()[:4096])
+    head[24:32] = b"\xff" * 8  # the first key's length: far beyond the file
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(bytes(head))
+    with pytest.raises(ArtifactError, match="not a readable GGUF"):
+        describe(bad)
+    assert describe(default_gguf()).format == "gguf"

@@ -30,8 +30,8 @@ LLAMA_CPP_PYTHON = "0.3.36"
 # Files taken from the sdist's vendor/llama.cpp: the converters and what they import.
 CONVERTER_PARTS = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion", "gguf-py", "LICENSE")
 IMATRIX_TOOL = "llama-imatrix"
-# The bindings' quantize call cannot take an importance matrix (its ``imatrix`` field is a C++
-# map), so imatrix-guided types go through llama.cpp's own quantize tool, built from the same source.
+# Quantization itself goes through the bindings (``llama_model_quantize``, imatrix included); the
+# quantize tool built from the same source is the reference its output is checked against.
 QUANTIZE_TOOL = "llama-quantize"
 TOOLS = (IMATRIX_TOOL, QUANTIZE_TOOL)
 
