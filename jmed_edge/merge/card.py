@@ -46,7 +46,7 @@ jmed-edge. {note}
 | base model | `{base}` |
 | adapter | `{adapter}` |
 | LoRA | {lora_line} |
-| training | {details.get("steps", "?")} steps, template `{config.get("data", {}).get("template", "?")}`, final loss {details.get("final_loss", "?")} |
+| training | {details.get("steps", "?")} steps, template `{config.get("data", {}).get("template", "?")}`, loss {details.get("loss_start", "?")} -> {details.get("loss_end", "?")}, eval loss {details.get("eval_loss", "?")} |
 | licence | {license} (of the base model; check the data's terms too) |
 
 ## Training data

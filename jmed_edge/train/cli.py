@@ -57,10 +57,17 @@ def run(args: argparse.Namespace) -> int:
         return 130
     manifest = read_manifest(out, required=False)
     if manifest is not None:
-        d = manifest.details
-        eval_part = f", eval loss {d['eval_loss']:.4f}" if d.get("eval_loss") is not None else ""
-        print(
-            f"adapter written to {out}: {d['steps']} steps, loss {d['first_loss']:.4f} -> {d['final_loss']:.4f}"
-            f"{eval_part}, {d['tokens_per_second']:,.0f} tok/s, {d['train_seconds']:.0f} s"
-        )
+        print(f"adapter written to {out}: {_summary(manifest.details)}")
     return 0
+
+
+def _summary(d: dict) -> str:
+    """Steps, loss trend (mean of the first and last few logged steps: single steps are noisy), eval loss."""
+    parts = [f"{d['steps']} steps"]
+    if d.get("loss_start") is not None:
+        parts.append(f"loss {d['loss_start']:.3f} -> {d['loss_end']:.3f}")
+    if d.get("eval_loss") is not None:
+        start = f"{d['eval_loss_start']:.3f} -> " if d.get("eval_loss_start") is not None else ""
+        parts.append(f"eval loss {start}{d['eval_loss']:.3f}")
+    parts.append(f"{d['tokens_per_second']:,.0f} tok/s, {d['train_seconds']:.0f} s")
+    return ", ".join(parts)

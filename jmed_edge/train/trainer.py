@@ -57,6 +57,7 @@ class _Run:
     tokens_before: int = 0  # tokens seen by the run this one resumed
     seconds: float = 0.0  # of training in this process (not evaluation)
     eval_loss: float | None = None
+    eval_loss_start: float | None = None  # of the base + fresh adapter, the yardstick for eval_loss
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -181,6 +182,8 @@ def run_training(
             "num_input_tokens_seen", 0
         )
         log.info("resuming from %s", last)
+    if eval_set and last is None:
+        run.eval_loss_start = trainer.evaluate()["eval_loss"]
     started = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=str(last) if last else None)
@@ -243,6 +246,7 @@ def _write_adapter(trainer: Any, tokenizer: Any, out: Path, run: _Run, complete:
 def _manifest(trainer: Any, run: _Run, complete: bool) -> Manifest:
     recipe, base, stats, state = run.recipe, run.base, run.stats, trainer.state
     losses = [e["loss"] for e in state.log_history if "loss" in e]
+    window = max(1, min(5, len(losses) // 4))
     tokens = (state.num_input_tokens_seen or 0) - run.tokens_before
     base_manifest = read_manifest(base, required=False)
     details = {
@@ -253,6 +257,9 @@ def _manifest(trainer: Any, run: _Run, complete: bool) -> Manifest:
         "epochs": round(state.epoch or 0.0, 3),
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
+        "loss_start": _mean(losses[:window]) if losses else None,  # means: single steps are noisy
+        "loss_end": _mean(losses[-window:]) if losses else None,
+        "eval_loss_start": run.eval_loss_start,
         "eval_loss": run.eval_loss,
         "tokens_seen": state.num_input_tokens_seen,
         "tokens_per_second": round(tokens / max(run.seconds, 1e-9), 1),
@@ -277,6 +284,10 @@ def _manifest(trainer: Any, run: _Run, complete: bool) -> Manifest:
     )
 
 
+def _mean(values: list[float]) -> float:
+    return round(sum(values) / len(values), 4)
+
+
 def _adapter_card(manifest: Manifest) -> str:
     d, c = manifest.details, manifest.config
     data = "\n".join(f"- `{Path(p).name}` (sha256 `{h[:12]}`)" for p, h in d["data"].items())
@@ -293,7 +304,8 @@ def _adapter_card(manifest: Manifest) -> str:
         f"on {', '.join(d['target_modules'])}\n"
         f"- quantization of the base while training: {d['quantization']}; precision {d['precision']} on {d['device']}\n"
         f"- {d['steps']} steps, {d['examples']['train']} training examples, template `{c['data']['template']}`; "
-        f"loss {d['first_loss']} -> {d['final_loss']}, eval loss {d['eval_loss']}\n"
+        f"loss {d['loss_start']} -> {d['loss_end']} (means of the first and last steps), "
+        f"eval loss {d['eval_loss_start']} -> {d['eval_loss']}\n"
         f"- licence: {manifest.license} (inherited from the base model)\n\n"
         f"Data:\n{data}\n\n"
         "Merge it into its base with `jmed-edge merge THIS_FOLDER --out MERGED`.\n"
