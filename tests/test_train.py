@@ -221,6 +221,37 @@ def test_qwen2_chat_template_and_eval_split(tmp_path, tiny_qwen2):
     assert details["eval_loss"] > 0 and details["base"]["model_type"] == "qwen2"
 
 
+@pytest.fixture(scope="module")
+def tiny_mistral(tmp_path_factory, tiny_llama) -> Path:
+    """A tiny random Mistral (sliding-window attention) sharing the tiny Llama's tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig
+
+    out = tmp_path_factory.mktemp("models") / "tiny-mistral"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    config = MistralConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, sliding_window=64,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def test_mistral_family_trains_and_merges(tmp_path, tiny_mistral):
+    from jmed_edge.merge import merge_adapter
+
+    recipe = _write_recipe(tmp_path, tiny_mistral, train={"max_steps": 3})
+    adapter = run_training(recipe, out=tmp_path / "adapter", progress=False)
+    details = read_manifest(adapter).details
+    assert details["base"]["model_type"] == "mistral" and details["complete"]
+    assert read_manifest(adapter).license == "unknown"  # a base without a manifest declares none
+    merged = merge_adapter(adapter, tmp_path / "merged")
+    assert read_manifest(merged).verification["passed"]
+
+
 def test_qlora_nf4_trains_on_cpu(tmp_path, tiny_llama):
     recipe = _write_recipe(tmp_path, tiny_llama, model={"quantization": "nf4"},
                            lora={"target_modules": "all-linear"}, train={"max_steps": 4})  # fmt: skip
