@@ -58,7 +58,9 @@ def test_report_numbers_and_recommendation(runs: Path, tmp_path: Path):
     rec = data.recommendation
     assert rec.chosen == "m-Q8_0"
     assert any(s.startswith("m-Q2_K (jmed-sample/ja") for s in rec.significant_losses)
-    assert "fits in 3.0 GB" in rec.reason
+    assert "fits in 3.0 GB" in rec.reason and "no drop against m-F16" in rec.reason
+    # 40 questions per cell: the reason says small differences are noise.
+    assert "With 40 questions per benchmark and language" in rec.reason
 
 
 def test_report_files_have_every_section(runs: Path, tmp_path: Path):
@@ -85,6 +87,29 @@ def test_report_json_is_reproducible(runs: Path, tmp_path: Path):
     ja, jb = (json.loads((p / "report.json").read_text()) for p in (a, b))
     ja.pop("timings"), jb.pop("timings")
     assert ja == jb
+
+
+def test_terminal_summary_fits_80_columns_with_short_names(runs: Path):
+    from rich.console import Console
+
+    from jmed_edge.report.terminal import print_summary, short_names
+
+    assert short_names(["Qwen2-7B-jmed-F16", "Qwen2-7B-jmed-Q8_0"]) == {
+        "Qwen2-7B-jmed-F16": "F16", "Qwen2-7B-jmed-Q8_0": "Q8_0"}  # fmt: skip
+    assert short_names(["m", "m-Q8_0"]) == {"m": "m", "m-Q8_0": "m-Q8_0"}  # nothing left to cut
+    data = build_report([runs], "m-F16", budget_bytes=3 * GIB, max_loss=1.0, kl=False)
+    console = Console(width=80, record=True, force_terminal=False)
+    print_summary(data, console)
+    text = console.export_text()
+    lines = text.splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    row = {line.split()[0]: line for line in lines if line.strip().startswith(("F16", "Q8_0", "Q2_K"))}
+    assert row["F16"].split()[-1] == "ref"
+    # Q2_K: 45.0% in Japanese, 12 answers lost, significant (*); English loses one.
+    assert "45.0 (-30.0*)" in row["Q2_K"] and "72.5 (-2.5)" in row["Q2_K"] and "13/0" in row["Q2_K"]
+    assert "75.0 (+0.0)" in row["Q8_0"] and "2/2" in row["Q8_0"]
+    assert "recommended: m-Q8_0" in " ".join(text.split())
+    assert "significant loss: m-Q2_K (jmed-sample/ja" in " ".join(text.split())
 
 
 def test_budget_smaller_than_everything_names_the_smallest(runs: Path):

@@ -28,7 +28,10 @@ def _main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     result = run_pipeline("demo", args.out, console=console)
     minutes = (time.perf_counter() - started) / 60
-    ran = ", ".join(result.ran) or "nothing (all up to date)"
-    console.print(f"done in {minutes:.1f} min; ran: {ran}")
+    ran = (
+        ", ".join(f"{name} {result.seconds[name] / 60:.1f}" for name in result.ran)
+        or "nothing (all up to date)"
+    )
+    console.print(f"done in {minutes:.1f} min; ran (min): {ran}")
     print(f"report: {result.report / 'report.html'}")
     return 0

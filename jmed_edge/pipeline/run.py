@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,13 +183,11 @@ def _bench(artifacts: dict[str, Path], out: Path, sections: PipelineSections, st
                              limit=cfg.limit, seed=cfg.seed)  # fmt: skip
     started = stages.start("bench")
     for label, artifact in artifacts.items():
-        stages.console.print(f"benchmarking {label}")
         # A run folder of an earlier version of this artifact is stale: start it over.
         stale = _bench_is_stale(run_dir / bench_label(artifact), artifact)
         for spec in cfg.benchmarks:
-            run_benchmark(
-                artifact, spec, run_dir, settings, progress=_bench_progress(stages.console), force=stale
-            )
+            with _bench_bar(stages.console, f"{label} / {spec.split(':')[0]}") as bar:
+                bar.finish(run_benchmark(artifact, spec, run_dir, settings, progress=bar, force=stale))
         perf_file = run_dir / bench_label(artifact) / "perf.json"
         sha = (read_manifest(artifact, required=False) or type("M", (), {"sha256": ""})).sha256
         cached = json.loads(perf_file.read_text()) if perf_file.exists() else {}
@@ -202,19 +201,33 @@ def _bench(artifacts: dict[str, Path], out: Path, sections: PipelineSections, st
     return run_dir
 
 
-def _bench_progress(console: Console):
-    """A one-line live status per benchmark run (questions done, running accuracy, speed)."""
-    last = {"shown": 0.0}
+class _BenchBar:
+    """Feeds one progress bar from ``run_benchmark``'s progress reports and its final summary."""
 
-    def show(p: Any) -> None:
-        now = time.perf_counter()
-        if now - last["shown"] < 2 and p.done < p.total:
-            return
-        last["shown"] = now
-        console.print(f"  {p.artifact} / {p.benchmark}: {p.done}/{p.total}, accuracy "
-                      f"{p.n_correct / max(p.done, 1):.1%}, {p.questions_per_second:.1f} q/s", highlight=False)  # fmt: skip
+    def __init__(self, bar: Any, task: Any) -> None:
+        self.bar, self.task = bar, task
 
-    return show
+    def __call__(self, p: Any) -> None:
+        self.bar.update(self.task, completed=p.done, total=p.total, acc=p.n_correct / max(p.done, 1),
+                        qps=p.questions_per_second)  # fmt: skip
+
+    def finish(self, summary: Any) -> None:
+        # A run that was already complete reports no progress: show its result all the same.
+        self.bar.update(self.task, completed=summary.n, total=summary.n, acc=summary.accuracy,
+                        qps=summary.timings.get("questions_per_second", 0.0))  # fmt: skip
+
+
+@contextmanager
+def _bench_bar(console: Console, description: str) -> Iterator[_BenchBar]:
+    """A progress bar per artifact and benchmark: questions done, running accuracy, speed."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("  {task.description:<22}"), BarColumn(bar_width=20), MofNCompleteColumn(),
+        TextColumn("acc {task.fields[acc]:.1%}  {task.fields[qps]:.1f} q/s"), TimeRemainingColumn(),
+        console=console,
+    ) as bar:  # fmt: skip
+        yield _BenchBar(bar, bar.add_task(description, total=None, acc=0.0, qps=0.0))
 
 
 def run_pipeline(

@@ -40,6 +40,10 @@ def measure(artifact: Path, *, n_threads: int | None = None, repeats: int = 2) -
         prompt = runtime.render_chat([{"role": "user", "content": PROMPT_TEXT}])
         best: GenerationStats | None = None
         for _ in range(repeats):
+            # Every repeat starts cold: a reused KV prefix would time the prompt at cache speed.
+            forget = getattr(runtime, "forget_cache", None)
+            if forget is not None:
+                forget()
             stats = GenerationStats()
             for _piece in runtime.generate(prompt, SamplingParams(max_tokens=DECODE_TOKENS), stats):
                 pass
@@ -54,8 +58,24 @@ def measure(artifact: Path, *, n_threads: int | None = None, repeats: int = 2) -
         "prompt_tokens_per_second": round(best.prompt_tokens_per_second, 2),
         "decode_tokens": best.completion_tokens,
         "decode_tokens_per_second": round(best.decode_tokens_per_second, 2),
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": peak_rss_bytes(),
     }
+
+
+def peak_rss_bytes() -> int:
+    """This process's own peak RSS.
+
+    Linux keeps ``ru_maxrss`` across ``fork`` + ``exec``, so a probe started by a process holding
+    gigabytes would report the parent's peak; ``VmHWM`` belongs to this process's address space alone.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux kilobytes
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def measure_in_subprocess(

@@ -91,7 +91,7 @@ def _md_table(head: list[str], rows: list[list[str]]) -> str:
 
 def _recommendation_text(data: ReportData) -> str:
     rec = data.recommendation
-    lines = [f"**{rec.chosen}**: {rec.reason}" if rec.chosen else f"**No recommendation**: {rec.reason}"]
+    lines = [f"**Recommended**: {rec.reason}" if rec.chosen else f"**No recommendation**: {rec.reason}"]
     if rec.significant_losses:
         lines.append(
             "Statistically significant losses (McNemar p < 0.05): " + "; ".join(rec.significant_losses)

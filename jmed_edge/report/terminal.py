@@ -1,35 +1,89 @@
-"""A short report in the terminal: the accuracy table and the recommendation."""
+"""A short report in the terminal: one row per artifact, then the recommendation.
+
+The full tables (intervals, p-values, perplexity, speed) live in report.md / report.html; this
+summary has to fit an 80-column terminal, so artifact names lose the prefix they all share.
+"""
 
 from __future__ import annotations
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from jmed_edge.fsutil import human_bytes
 from jmed_edge.report.model import ReportData
-from jmed_edge.report.render import accuracy_rows, kl_rows
+from jmed_edge.report.recommend import SIGNIFICANCE
+
+
+def shared_prefix(names: list[str]) -> str:
+    """The prefix every name shares, ending at a '-' or '_' so no word is split."""
+    if len(names) < 2:
+        return ""
+    prefix = names[0]
+    for name in names[1:]:
+        while not name.startswith(prefix):
+            prefix = prefix[:-1]
+    prefix = prefix[: max(prefix.rfind("-"), prefix.rfind("_")) + 1]
+    return "" if any(n == prefix for n in names) else prefix
+
+
+def short_names(names: list[str]) -> dict[str, str]:
+    cut = len(shared_prefix(names))
+    return {n: n[cut:] for n in names}
+
+
+def summary_table(data: ReportData) -> Table:
+    names = short_names([a.name for a in data.artifacts])
+    pairs = sorted({(c.benchmark, c.lang) for c in data.cells}, key=lambda p: (p[0], p[1] != "ja", p[1]))
+    one_benchmark = len({b for b, _ in pairs}) == 1
+    kl_langs = sorted({lang for a in data.artifacts for lang in a.kl}, key=lambda x: (x != "ja", x))
+    common = shared_prefix([a.name for a in data.artifacts]).rstrip("-_") or "artifacts"
+    title = f"{common}: accuracy % (Δ points vs {names.get(data.reference, data.reference)})"
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
+                  collapse_padding=True, pad_edge=False, show_edge=False)  # fmt: skip
+    table.add_column("artifact", no_wrap=True, min_width=min(max(map(len, names.values())), 24))
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("RAM", justify="right", no_wrap=True)
+    for bench, lang in pairs:
+        table.add_column(lang if one_benchmark else f"{bench} {lang}", justify="right", no_wrap=True)
+    for lang in kl_langs:
+        table.add_column(f"KL {lang}", justify="right", no_wrap=True)
+    table.add_column("flips", justify="right", no_wrap=True)
+    for a in data.artifacts:
+        is_ref = a.name == data.reference
+        row = [names[a.name], human_bytes(a.size_bytes),
+               human_bytes(a.peak_rss_bytes) if a.peak_rss_bytes else "-"]  # fmt: skip
+        lost = gained = 0
+        for bench, lang in pairs:
+            cell = data.cell(a.name, bench, lang)
+            if cell is None:
+                row.append("-")
+                continue
+            cmp = cell.vs_reference
+            text = f"{100 * cell.accuracy:.1f}"
+            if cmp is not None and not is_ref:
+                star = "*" if cmp.p_value < SIGNIFICANCE and cmp.difference < 0 else ""
+                text += f" ({100 * cmp.difference:+.1f}{star})"
+                lost, gained = lost + cmp.right_to_wrong, gained + cmp.wrong_to_right
+            row.append(text)
+        for lang in kl_langs:
+            mean = a.kl.get(lang, {}).get("mean_kl")
+            row.append("ref" if is_ref else "-" if mean is None else f"{mean:.3f}")
+        row.append("ref" if is_ref else f"{lost}/{gained}")
+        table.add_row(*row, style="bold" if a.name == data.recommendation.chosen else None)
+    table.caption = "* significant drop (McNemar p<0.05) · KL: mean · flips: R→W/W→R"
+    table.caption_justify = "left"
+    return table
 
 
 def print_summary(data: ReportData, console: Console) -> None:
-    head, rows = accuracy_rows(data)
-    table = Table(title=f"accuracy against {data.reference}", title_justify="left")
-    for h in head:
-        table.add_column(h, justify="left" if h in ("artifact", "benchmark", "lang") else "right")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-    head, rows = kl_rows(data)
-    if rows:
-        kl = Table(title="KL divergence on bilingual medical text", title_justify="left")
-        for h in head:
-            kl.add_column(h, justify="left" if h in ("artifact", "lang") else "right")
-        for row in rows:
-            kl.add_row(*row)
-        console.print(kl)
+    console.print(summary_table(data))
     rec = data.recommendation
     console.print(
         f"[bold green]recommended:[/] {rec.reason}"
         if rec.chosen
-        else f"[bold yellow]no recommendation:[/] {rec.reason}"
+        else f"[bold yellow]no recommendation:[/] {rec.reason}",
+        highlight=False,
     )
     for loss in rec.significant_losses:
-        console.print(f"[red]significant loss:[/] {loss}")
+        console.print(f"[red]significant loss:[/] {loss}", highlight=False)

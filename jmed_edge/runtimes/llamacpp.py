@@ -230,9 +230,13 @@ class LlamaCppRuntime:
             return np.zeros((0, self.n_vocab), dtype=np.float32)
         return np.concatenate(rows) if len(rows) > 1 else rows[0]
 
-    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+    def forget_cache(self) -> None:
+        """Drop the KV cache, so the next call evaluates its prompt from the first token."""
         self._kv = []
         self.llm._ctx.kv_cache_clear()
+
+    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        self.forget_cache()
         return self._eval(token_ids, 0).astype(np.float32, copy=False)
 
     def score_continuations(self, context: str, continuations: Sequence[str]) -> list[ContinuationScore]:
