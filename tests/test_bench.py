@@ -187,7 +187,7 @@ def test_loglik_parity_hf_and_f16_gguf(tiny_llama: Path, tmp_path: Path) -> None
 def test_cli_resumes_after_kill_9(tiny_llama: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "jmed_edge", "bench", str(tiny_llama), "--out", str(out), "--batch-size", "1",
-           "--limit", "12"]  # fmt: skip
+           "--limit", "12", "--no-probe"]  # fmt: skip
     predictions = out / "tiny-llama-F32" / "jmed-sample" / "predictions.jsonl"
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -211,6 +211,15 @@ def test_cli_bench_and_bad_input(run_cli, tiny_llama: Path, small_bench: Path, t
                              "--out", tmp_path / "cli")  # fmt: skip
     assert code == 0, err
     assert "accuracy" in out and (tmp_path / "cli" / "tiny-llama-F32" / "igakuqa" / "summary.json").exists()
+    # The artifact's own speed and peak RAM, measured once for the report, reused on a rerun.
+    perf_file = tmp_path / "cli" / "tiny-llama-F32" / "perf.json"
+    perf = json.loads(perf_file.read_text())
+    assert perf["peak_rss_bytes"] > 10 * 2**20 and perf["decode_tokens"] > 0 and perf["load_seconds"] > 0
+    stamp = perf_file.stat().st_mtime_ns
+    code, _, err = run_cli("bench", tiny_llama, "--benchmark", f"igakuqa:{small_bench}", "--limit", "2",
+                           "--out", tmp_path / "cli")  # fmt: skip
+    assert code == 0, err
+    assert perf_file.stat().st_mtime_ns == stamp
     code, _, err = run_cli("bench", tmp_path / "missing-model", "--out", tmp_path / "cli")
     assert code == 2 and "does not exist" in err
     code, _, err = run_cli(

@@ -134,3 +134,18 @@ def test_ctrl_c_stops_an_answer_and_the_chat_goes_on(gguf):
     assert "(stopped)" in out and "finish: cancelled" in out
     answered = int(out.split("last answer: ", 1)[1].split(" tokens", 1)[0])
     assert 0 < answered < 2000
+
+
+def test_an_answer_cut_mid_character_ends_cleanly(gguf):
+    # SmolLM2 spells each Japanese character in two byte-level tokens: an odd max_tokens cuts one.
+    from jmed_edge.runtimes import open_runtime
+
+    runtime = open_runtime(gguf, n_threads=1)
+    try:
+        prompt = runtime.render_chat(
+            [{"role": "user", "content": "高血圧とは何ですか。日本語で説明してください。"}]
+        )
+        answers = ["".join(runtime.generate(prompt, SamplingParams(max_tokens=n))) for n in (3, 5, 8)]
+    finally:
+        runtime.close()
+    assert all(answers) and not any("\ufffd" in a for a in answers), answers

@@ -63,6 +63,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force", action="store_true", help="discard earlier results in RUN_DIR and start over"
     )
+    parser.add_argument(
+        "--no-probe",
+        action="store_true",
+        help="skip measuring load time, tokens/s and peak RAM of each artifact (for the report)",
+    )
     parser.add_argument("--json", action="store_true", help="print the summaries as JSON")
     parser.set_defaults(func=run)
 
@@ -135,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
         finally:
             if runtime is not None:
                 runtime.close()
+        if not args.no_probe:
+            _probe(info, args.out, console)
     if args.json:
         print(json.dumps([s.to_dict() for s in summaries], ensure_ascii=False, indent=2))
     else:
@@ -163,6 +170,23 @@ def _run_one(info: Any, bench: Any, args: argparse.Namespace, settings: Any, run
         bar.update(task, completed=summary.n, total=summary.n, acc=summary.accuracy,
                    qps=summary.timings.get("questions_per_second", 0.0))  # fmt: skip
     return summary
+
+
+def _probe(info: Any, out: Path, console: Any) -> None:
+    """Speed and peak RAM of the artifact alone, in a fresh process, for ``jmed-edge report``."""
+    from jmed_edge.bench.artifact_id import artifact_label, artifact_sha256
+    from jmed_edge.errors import JmedError
+    from jmed_edge.report.probe import record_perf
+
+    with console.status(f"measuring speed and memory of {info.path}"):
+        try:
+            perf, _ = record_perf(info.path, out / artifact_label(info), artifact_sha256(info))
+        except JmedError as exc:  # the scores stand; the report falls back to a size-based RAM estimate
+            console.print(f"[yellow]speed/memory probe skipped:[/] {exc}")
+            return
+    console.print(f"{artifact_label(info)}: peak RAM {perf['peak_rss_bytes'] / 2**20:.0f} MiB, "
+                  f"prompt {perf['prompt_tokens_per_second']:.0f} tok/s, "
+                  f"generation {perf['decode_tokens_per_second']:.1f} tok/s")  # fmt: skip
 
 
 def _print_table(summaries: list[Any]) -> None:

@@ -175,7 +175,7 @@ def _bench_is_stale(folder: Path, artifact: Path) -> bool:
 
 def _bench(artifacts: dict[str, Path], out: Path, sections: PipelineSections, stages: _Stages) -> Path:
     from jmed_edge.bench import BenchSettings, run_benchmark
-    from jmed_edge.report.probe import measure_in_subprocess
+    from jmed_edge.report.probe import record_perf
 
     cfg = sections.bench
     run_dir = out / "bench"
@@ -188,15 +188,9 @@ def _bench(artifacts: dict[str, Path], out: Path, sections: PipelineSections, st
         for spec in cfg.benchmarks:
             with _bench_bar(stages.console, f"{label} / {spec.split(':')[0]}") as bar:
                 bar.finish(run_benchmark(artifact, spec, run_dir, settings, progress=bar, force=stale))
-        perf_file = run_dir / bench_label(artifact) / "perf.json"
         sha = (read_manifest(artifact, required=False) or type("M", (), {"sha256": ""})).sha256
-        cached = json.loads(perf_file.read_text()) if perf_file.exists() else {}
-        if cached.get("sha256") != sha or not sha:
-            stages.console.print(f"measuring speed and memory of {label}")
-            perf = measure_in_subprocess(artifact, n_threads=1)
-            perf["sha256"] = sha
-            perf_file.parent.mkdir(parents=True, exist_ok=True)
-            perf_file.write_text(json.dumps(perf, indent=1))
+        with stages.console.status(f"measuring speed and memory of {label}"):
+            record_perf(artifact, run_dir / bench_label(artifact), sha)
     stages.done("bench", started)
     return run_dir
 

@@ -59,6 +59,7 @@ def measure(artifact: Path, *, n_threads: int | None = None, repeats: int = 2) -
         "decode_tokens": best.completion_tokens,
         "decode_tokens_per_second": round(best.decode_tokens_per_second, 2),
         "peak_rss_bytes": peak_rss_bytes(),
+        "n_threads": getattr(runtime, "n_threads", None),
     }
 
 
@@ -89,6 +90,29 @@ def measure_in_subprocess(
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise ModelError(f"speed probe of {artifact} failed: {last}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def record_perf(
+    artifact: Path, folder: Path, sha256: str, *, n_threads: int | None = None
+) -> tuple[dict[str, Any], bool]:
+    """``folder/perf.json`` for this version of the artifact: reused while its sha256 matches,
+    measured in a subprocess otherwise. Returns the measurement and whether it was taken now."""
+    from jmed_edge.fsutil import staging_file
+
+    perf_file = folder / "perf.json"
+    if sha256 and perf_file.is_file():
+        try:
+            cached = json.loads(perf_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            cached = {}
+        if cached.get("sha256") == sha256:
+            return cached, False
+    perf = measure_in_subprocess(artifact, n_threads=n_threads)
+    perf["sha256"] = sha256
+    folder.mkdir(parents=True, exist_ok=True)
+    with staging_file(perf_file) as tmp:
+        tmp.write_text(json.dumps(perf, indent=1), encoding="utf-8")
+    return perf, True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ the tokenizer and chat template always come from the artifact itself.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,6 +173,59 @@ def score_batch(
     if batched is not None:
         return batched(items)
     return [runtime.score_continuations(context, conts) for context, conts in items]
+
+
+def stream_generation(
+    tokens: Iterator[int],
+    decode: Callable[[int], str],
+    is_end: Callable[[int], bool],
+    params: SamplingParams,
+    stats: GenerationStats,
+    tail: Callable[[str], str] | None = None,
+) -> Iterator[str]:
+    """The generation loop every runtime shares, around its own token source.
+
+    ``tokens`` computes the next token only when asked (the first one includes the prompt pass),
+    ``decode`` turns a token into the text it adds ("" while a character is incomplete), and
+    ``tail(finish_reason)`` returns what a stateful decoder still holds at the end. Times the
+    prompt and the decode (not the caller's time between pieces), stops at an end-of-generation
+    token, a stop string or ``max_tokens``, and never emits the start of a stop string it may
+    still complete.
+    """
+    matcher = StopMatcher(params.stop)
+    stats.finish_reason = "length"
+    first = True
+    clock = time.perf_counter()
+    try:
+        for token in tokens:
+            elapsed = time.perf_counter() - clock
+            if first:
+                stats.prompt_seconds, first = elapsed, False
+            else:
+                stats.decode_seconds += elapsed
+            if is_end(token):
+                stats.finish_reason = "stop"
+                break
+            stats.completion_tokens += 1
+            safe = matcher.feed(decode(token))
+            if safe:
+                yield safe
+            if matcher.stopped:
+                stats.finish_reason = "stop"
+                return
+            if stats.completion_tokens >= params.max_tokens:
+                break
+            clock = time.perf_counter()
+    except GeneratorExit:
+        stats.finish_reason = "cancelled"
+        raise
+    finally:
+        close = getattr(tokens, "close", None)
+        if close is not None:
+            close()
+    rest = matcher.feed(tail(stats.finish_reason) if tail else "") + matcher.flush()
+    if rest:
+        yield rest
 
 
 class StopMatcher:

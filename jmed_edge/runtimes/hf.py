@@ -23,8 +23,9 @@ from jmed_edge.runtimes.base import (
     ContinuationScore,
     GenerationStats,
     SamplingParams,
-    StopMatcher,
+    continuation_scores,
     split_continuation,
+    stream_generation,
 )
 
 log = logging.getLogger(__name__)
@@ -32,13 +33,6 @@ log = logging.getLogger(__name__)
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Below this many shared tokens, running the shared prefix separately is not worth a pass.
 MIN_SHARED_PREFIX = 8
-
-
-def _score(logprob_rows: np.ndarray, cont: list[int]) -> ContinuationScore:
-    """Row ``i`` of ``logprob_rows`` predicts ``cont[i]``."""
-    ids = np.asarray(cont)
-    picked = logprob_rows[np.arange(len(ids)), ids]
-    return ContinuationScore(float(picked.sum()), len(ids), bool(np.all(logprob_rows.argmax(-1) == ids)))
 
 
 def _common_prefix(sequences: Sequence[Sequence[int]]) -> int:
@@ -204,7 +198,7 @@ class HFRuntime:
         last_rows = self._last_logprobs([tuple(encoded[i][0]) for i in single]) if single else []
         results: list[list[ContinuationScore]] = [[] for _ in encoded]
         for i, row in zip(single, last_rows, strict=True):
-            results[i] = [_score(row[None, :], cont) for cont in encoded[i][1]]
+            results[i] = [continuation_scores(row[None, :], cont) for cont in encoded[i][1]]
         batched = set(single)
         for i, (ctx_ids, conts) in enumerate(encoded):
             if i not in batched:
@@ -301,7 +295,7 @@ class HFRuntime:
         scores = []
         for c in conts:
             rows = first[None, :] if len(c) == 1 else np.concatenate([first[None, :], tails[id(c)]])
-            scores.append(_score(rows, c))
+            scores.append(continuation_scores(rows, c))
         return scores
 
     # --- generation ----------------------------------------------------------------------
@@ -324,50 +318,35 @@ class HFRuntime:
         stats = stats if stats is not None else GenerationStats()
         prompt_ids = self.tokenize(prompt, add_special=True)
         stats.prompt_tokens = len(prompt_ids)
-        eos = self._eos_ids()
         generator = torch.Generator(device="cpu").manual_seed(params.seed)
-        matcher = StopMatcher(params.stop)
-        generated: list[int] = []
-        emitted = ""
-        stats.finish_reason = "length"
-        ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
-        past = None
-        clock = time.perf_counter()
-        try:
+
+        def tokens() -> Iterator[int]:
+            history = list(prompt_ids)  # for the repetition penalty
+            ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
+            past = None
             with torch.inference_mode():
-                for step in range(params.max_tokens):
+                while True:
                     out = self.model(input_ids=ids, past_key_values=past, use_cache=True, logits_to_keep=1)
                     past = out.past_key_values
-                    token = self._sample(out.logits[0, -1].float(), prompt_ids + generated, params, generator)
-                    now = time.perf_counter()
-                    if step == 0:
-                        stats.prompt_seconds = now - clock
-                    else:
-                        stats.decode_seconds += now - clock
-                    clock = now
-                    if token in eos:
-                        stats.finish_reason = "stop"
-                        break
-                    generated.append(token)
-                    stats.completion_tokens = len(generated)
-                    text = self.tokenizer.decode(generated, skip_special_tokens=True)
-                    if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-                        ids = torch.tensor([[token]], device=self.device)
-                        continue
-                    piece, emitted = text[len(emitted) :], text
-                    safe = matcher.feed(piece)
-                    if safe:
-                        yield safe
-                    if matcher.stopped:
-                        stats.finish_reason = "stop"
-                        return
+                    token = self._sample(out.logits[0, -1].float(), history, params, generator)
+                    history.append(token)
                     ids = torch.tensor([[token]], device=self.device)
-        except GeneratorExit:
-            stats.finish_reason = "cancelled"
-            raise
-        rest = matcher.flush()
-        if rest:
-            yield rest
+                    yield token
+
+        generated: list[int] = []
+        emitted = ""
+
+        def decode(token: int) -> str:
+            # Decode the whole completion so multi-byte characters and merged pieces come out right.
+            nonlocal emitted
+            generated.append(token)
+            text = self.tokenizer.decode(generated, skip_special_tokens=True)
+            if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+                return ""
+            piece, emitted = text[len(emitted) :], text
+            return piece
+
+        yield from stream_generation(tokens(), decode, self._eos_ids().__contains__, params, stats)
 
     @staticmethod
     def _sample(logits, history: list[int], params: SamplingParams, generator) -> int:

@@ -25,10 +25,10 @@ from jmed_edge.runtimes.base import (
     ContinuationScore,
     GenerationStats,
     SamplingParams,
-    StopMatcher,
     continuation_scores,
     log_softmax,
     split_continuation,
+    stream_generation,
 )
 
 log = logging.getLogger(__name__)
@@ -279,9 +279,6 @@ class LlamaCppRuntime:
         self.llm.set_seed(params.seed)
         vocab = self.llm._model.vocab
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        matcher = StopMatcher(params.stop)
-        stats.finish_reason = "length"
-        clock = time.perf_counter()
         tokens = self.llm.generate(
             prompt_ids,
             top_k=params.top_k,
@@ -290,36 +287,22 @@ class LlamaCppRuntime:
             temp=params.temperature,
             repeat_penalty=params.repeat_penalty,
         )
+
+        def tail(finish_reason: str) -> str:
+            # Cut off by max_tokens mid-character: drop the partial bytes rather than print U+FFFD.
+            return decoder.decode(b"", final=finish_reason != "length")
+
         try:
-            for step, token in enumerate(tokens):
-                now = time.perf_counter()
-                if step == 0:
-                    stats.prompt_seconds = now - clock
-                else:
-                    stats.decode_seconds += now - clock
-                clock = now
-                if llama_cpp.llama_vocab_is_eog(vocab, token):
-                    stats.finish_reason = "stop"
-                    break
-                stats.completion_tokens += 1
-                safe = matcher.feed(decoder.decode(self.llm.detokenize([token])))
-                if safe:
-                    yield safe
-                if matcher.stopped:
-                    stats.finish_reason = "stop"
-                    break
-                if stats.completion_tokens >= params.max_tokens:
-                    break
-        except GeneratorExit:
-            stats.finish_reason = "cancelled"
-            raise
+            yield from stream_generation(
+                tokens,
+                lambda token: decoder.decode(self.llm.detokenize([token])),
+                lambda token: llama_cpp.llama_vocab_is_eog(vocab, token),
+                params,
+                stats,
+                tail,
+            )
         finally:
-            tokens.close()
             self._kv = [int(t) for t in self.llm.input_ids[: self.llm.n_tokens]]
-        if not matcher.stopped:
-            rest = matcher.feed(decoder.decode(b"", final=True)) + matcher.flush()
-            if rest:
-                yield rest
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

@@ -30,9 +30,9 @@ from jmed_edge.runtimes.base import (
     ContinuationScore,
     GenerationStats,
     SamplingParams,
-    StopMatcher,
     continuation_scores,
     log_softmax,
+    stream_generation,
 )
 
 log = logging.getLogger(__name__)
@@ -289,36 +289,14 @@ class OnnxRuntime:
                           top_k=params.top_k if params.top_k > 0 else max(self.vocab_size, 1))  # fmt: skip
         generator = self._generator(min(self.context_length, len(ids) + params.max_tokens), **search)
         stream = self.tokenizer.create_stream()
-        matcher = StopMatcher(params.stop)
-        stats.finish_reason = "length"
-        clock = time.perf_counter()
-        try:
+
+        def tokens() -> Iterator[int]:
             generator.append_tokens(np.asarray(ids, dtype=np.int32))
-            while not generator.is_done() and stats.completion_tokens < params.max_tokens:
+            while not generator.is_done():
                 generator.generate_next_token()
-                token = int(generator.get_next_tokens()[0])
-                now = time.perf_counter()
-                if stats.completion_tokens == 0:
-                    stats.prompt_seconds = now - clock
-                else:
-                    stats.decode_seconds += now - clock
-                clock = now
-                if token in self.eos_ids:
-                    stats.finish_reason = "stop"
-                    break
-                stats.completion_tokens += 1
-                safe = matcher.feed(stream.decode(token))
-                if safe:
-                    yield safe
-                if matcher.stopped:
-                    stats.finish_reason = "stop"
-                    return
-        except GeneratorExit:
-            stats.finish_reason = "cancelled"
-            raise
-        rest = matcher.flush()
-        if rest:
-            yield rest
+                yield int(generator.get_next_tokens()[0])
+
+        yield from stream_generation(tokens(), stream.decode, self.eos_ids.__contains__, params, stats)
 
     def close(self) -> None:
         import gc
