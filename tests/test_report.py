@@ -92,7 +92,8 @@ def test_report_json_is_reproducible(runs: Path, tmp_path: Path):
 def test_terminal_summary_fits_80_columns_with_short_names(runs: Path):
     from rich.console import Console
 
-    from jmed_edge.report.terminal import print_summary, short_names
+    from jmed_edge.report.model import short_names
+    from jmed_edge.report.terminal import print_summary
 
     assert short_names(["Qwen2-7B-jmed-F16", "Qwen2-7B-jmed-Q8_0"]) == {
         "Qwen2-7B-jmed-F16": "F16", "Qwen2-7B-jmed-Q8_0": "Q8_0"}  # fmt: skip

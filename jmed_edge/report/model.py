@@ -8,6 +8,24 @@ from typing import Any
 from jmed_edge.report.stats import Interval, PairedComparison
 
 
+def shared_prefix(names: list[str]) -> str:
+    """The prefix every name shares, ending at a '-' or '_' so no word is split."""
+    if len(names) < 2:
+        return ""
+    prefix = names[0]
+    for name in names[1:]:
+        while not name.startswith(prefix):
+            prefix = prefix[:-1]
+    prefix = prefix[: max(prefix.rfind("-"), prefix.rfind("_")) + 1]
+    return "" if any(n == prefix for n in names) else prefix
+
+
+def short_names(names: list[str]) -> dict[str, str]:
+    """Names without their shared prefix ("Qwen2-7B-jmed-Q4_K_M" -> "Q4_K_M"), for tables and plots."""
+    cut = len(shared_prefix(names))
+    return {n: n[cut:] for n in names}
+
+
 @dataclass
 class Cell:
     artifact: str
@@ -72,6 +90,13 @@ class ReportData:
         return next(
             (c for c in self.cells if (c.artifact, c.benchmark, c.lang) == (artifact, benchmark, lang)), None
         )
+
+    def short_names(self) -> dict[str, str]:
+        return short_names([a.name for a in self.artifacts])
+
+    def common_name(self) -> str:
+        """What every artifact name shares ("Qwen2-7B-jmed"), or "artifacts"."""
+        return shared_prefix([a.name for a in self.artifacts]).rstrip("-_") or "artifacts"
 
     def langs(self) -> list[str]:
         return sorted({c.lang for c in self.cells}, key=lambda lang: (lang != "ja", lang))

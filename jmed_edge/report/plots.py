@@ -19,11 +19,24 @@ def _pyplot():
     return plt
 
 
+def _mb_formatter(minor: bool = False):
+    """Plain "100", "200" on a log axis instead of 10^2 and 2x10^2 (minor ticks: 2, 3, 5 only)."""
+    from matplotlib.ticker import FuncFormatter
+
+    def fmt(value: float, _pos: int) -> str:
+        if minor and f"{value:.0e}"[0] not in "235":
+            return ""
+        return f"{value:g}"
+
+    return FuncFormatter(fmt)
+
+
 def accuracy_vs_size(data: ReportData, out: Path) -> Path:
     plt = _pyplot()
     langs = data.langs()
     fig, axes = plt.subplots(1, len(langs), figsize=(5.5 * len(langs), 4.2), squeeze=False)
     sizes = {a.name: a.size_bytes / 1024**2 for a in data.artifacts}
+    names = data.short_names()
     for ax, lang in zip(axes[0], langs, strict=True):
         for bench in sorted({c.benchmark for c in data.cells if c.lang == lang}):
             cells = [c for c in data.cells if c.lang == lang and c.benchmark == bench]
@@ -37,12 +50,16 @@ def accuracy_vs_size(data: ReportData, out: Path) -> Path:
             ordered = sorted(front, key=lambda i: pts[i][0])
             ax.plot([pts[i][0] for i in ordered], [pts[i][1] for i in ordered], "--", color="#777",
                     label="Pareto front" if bench == sorted({c.benchmark for c in cells})[0] else None)  # fmt: skip
-            for c, (x, y) in zip(cells, pts, strict=True):
-                ax.annotate(c.artifact, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            # Labels alternate above and below in size order, so neighbours do not overprint.
+            for rank, (c, (x, y)) in enumerate(sorted(zip(cells, pts, strict=True), key=lambda cp: cp[1][0])):
+                ax.annotate(names[c.artifact], (x, y), textcoords="offset points",
+                            xytext=(5, 5 if rank % 2 == 0 else -11), fontsize=8)  # fmt: skip
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(_mb_formatter())
+        ax.xaxis.set_minor_formatter(_mb_formatter(minor=True))
         ax.set_xlabel("file size (MB, log scale)")
         ax.set_ylabel("accuracy (%) with 95% CI")
-        ax.set_title(f"accuracy vs size: {lang}")
+        ax.set_title(f"{data.common_name()}: accuracy vs size ({lang})", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -52,10 +69,13 @@ def accuracy_vs_size(data: ReportData, out: Path) -> Path:
 
 
 def kl_per_quant(data: ReportData, out: Path) -> Path | None:
-    rows = [a for a in data.artifacts if a.kl]
+    rows = [
+        a for a in data.artifacts if a.kl and a.name != data.reference
+    ]  # the reference is 0 by definition
     if not rows:
         return None
     plt = _pyplot()
+    names = data.short_names()
     langs = sorted({lang for a in rows for lang in a.kl}, key=lambda lang: (lang != "ja", lang))
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(rows) + 2), 4))
     width = 0.8 / len(langs)
@@ -65,11 +85,11 @@ def kl_per_quant(data: ReportData, out: Path) -> Path | None:
                color=_LANG_COLOURS.get(lang, "#555"), label=f"{lang} mean KL")  # fmt: skip
         ax.scatter(xs, [a.kl.get(lang, {}).get("p99_kl", 0.0) for a in rows], marker="_", s=200,
                    color="black", label="p99 KL" if i == 0 else None)  # fmt: skip
-    ax.set_xticks([j + width * (len(langs) - 1) / 2 for j in range(len(rows))], [a.name for a in rows],
-                  rotation=30, ha="right", fontsize=8)  # fmt: skip
+    ax.set_xticks([j + width * (len(langs) - 1) / 2 for j in range(len(rows))], [names[a.name] for a in rows],
+                  rotation=30 if len(rows) > 6 else 0, ha="right" if len(rows) > 6 else "center", fontsize=9)  # fmt: skip
     ax.set_yscale("symlog", linthresh=1e-3)
-    ax.set_ylabel(f"KL divergence vs {data.reference} (nats)")
-    ax.set_title("KL divergence per artifact and language")
+    ax.set_ylabel(f"KL divergence vs {names.get(data.reference, data.reference)} (nats)")
+    ax.set_title(f"{data.common_name()}: KL divergence on held-out medical text", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -79,19 +99,27 @@ def kl_per_quant(data: ReportData, out: Path) -> Path | None:
 
 
 def flips(data: ReportData, out: Path) -> Path | None:
-    cells = [c for c in data.cells if c.vs_reference is not None and c.artifact != data.reference]
+    order = {a.name: i for i, a in enumerate(data.artifacts)}
+    cells = sorted(
+        (c for c in data.cells if c.vs_reference is not None and c.artifact != data.reference),
+        key=lambda c: (order.get(c.artifact, len(order)), c.benchmark, c.lang != "ja", c.lang),
+    )
     if not cells:
         return None
     plt = _pyplot()
-    labels = [f"{c.artifact}\n{c.benchmark}/{c.lang}" for c in cells]
+    names = data.short_names()
+    one_benchmark = len({c.benchmark for c in cells}) == 1
+    labels = [f"{names[c.artifact]}\n{c.lang if one_benchmark else f'{c.benchmark}/{c.lang}'}" for c in cells]
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(cells) + 2), 4))
     xs = range(len(cells))
     ax.bar(xs, [c.vs_reference.right_to_wrong for c in cells], color="#c0392b", label="right → wrong")
     ax.bar(xs, [c.vs_reference.wrong_to_right for c in cells],
            bottom=[c.vs_reference.right_to_wrong for c in cells], color="#27ae60", label="wrong → right")  # fmt: skip
-    ax.set_xticks(list(xs), labels, rotation=30, ha="right", fontsize=7)
+    ax.set_xticks(list(xs), labels, fontsize=8)
     ax.set_ylabel("questions")
-    ax.set_title(f"answer flips against {data.reference}")
+    ax.set_title(
+        f"{data.common_name()}: answer flips against {names.get(data.reference, data.reference)}", fontsize=10
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)

@@ -15,30 +15,12 @@ from jmed_edge.report.model import ReportData
 from jmed_edge.report.recommend import SIGNIFICANCE
 
 
-def shared_prefix(names: list[str]) -> str:
-    """The prefix every name shares, ending at a '-' or '_' so no word is split."""
-    if len(names) < 2:
-        return ""
-    prefix = names[0]
-    for name in names[1:]:
-        while not name.startswith(prefix):
-            prefix = prefix[:-1]
-    prefix = prefix[: max(prefix.rfind("-"), prefix.rfind("_")) + 1]
-    return "" if any(n == prefix for n in names) else prefix
-
-
-def short_names(names: list[str]) -> dict[str, str]:
-    cut = len(shared_prefix(names))
-    return {n: n[cut:] for n in names}
-
-
 def summary_table(data: ReportData) -> Table:
-    names = short_names([a.name for a in data.artifacts])
+    names = data.short_names()
     pairs = sorted({(c.benchmark, c.lang) for c in data.cells}, key=lambda p: (p[0], p[1] != "ja", p[1]))
     one_benchmark = len({b for b, _ in pairs}) == 1
     kl_langs = sorted({lang for a in data.artifacts for lang in a.kl}, key=lambda x: (x != "ja", x))
-    common = shared_prefix([a.name for a in data.artifacts]).rstrip("-_") or "artifacts"
-    title = f"{common}: accuracy % (Δ points vs {names.get(data.reference, data.reference)})"
+    title = f"{data.common_name()}: accuracy % (Δ points vs {names.get(data.reference, data.reference)})"
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
                   collapse_padding=True, pad_edge=False, show_edge=False)  # fmt: skip
     table.add_column("artifact", no_wrap=True, min_width=min(max(map(len, names.values())), 24))
