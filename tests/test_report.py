@@ -98,6 +98,8 @@ def test_terminal_summary_fits_80_columns_with_short_names(runs: Path):
     assert short_names(["Qwen2-7B-jmed-F16", "Qwen2-7B-jmed-Q8_0"]) == {
         "Qwen2-7B-jmed-F16": "F16", "Qwen2-7B-jmed-Q8_0": "Q8_0"}  # fmt: skip
     assert short_names(["m", "m-Q8_0"]) == {"m": "m", "m-Q8_0": "m-Q8_0"}  # nothing left to cut
+    # Never cut inside a quant type.
+    assert short_names(["x-Q4_K_M", "x-Q4_K_S"]) == {"x-Q4_K_M": "Q4_K_M", "x-Q4_K_S": "Q4_K_S"}
     data = build_report([runs], "m-F16", budget_bytes=3 * GIB, max_loss=1.0, kl=False)
     console = Console(width=80, record=True, force_terminal=False)
     print_summary(data, console)
@@ -111,6 +113,34 @@ def test_terminal_summary_fits_80_columns_with_short_names(runs: Path):
     assert "75.0 (+0.0)" in row["Q8_0"] and "2/2" in row["Q8_0"]
     assert "recommended: m-Q8_0" in " ".join(text.split())
     assert "significant loss: m-Q2_K (jmed-sample/ja" in " ".join(text.split())
+
+
+def test_perf_is_used_only_for_the_artifact_version_it_measured(runs: Path, monkeypatch):
+    from jmed_edge.report import probe
+
+    calls = []
+
+    def fake_measure(artifact, *, n_threads=None, timeout=900):
+        calls.append(artifact)
+        return {"load_seconds": 0.2, "prompt_tokens_per_second": 300.0, "decode_tokens_per_second": 30.0,
+                "decode_tokens": 48, "peak_rss_bytes": 700 * 2**20}  # fmt: skip
+
+    monkeypatch.setattr(probe, "measure_in_subprocess", fake_measure)
+    folder = runs / "m-Q8_0"
+    probe.record_perf(Path("q8.gguf"), folder, "sha-m-Q8_0")
+    probe.record_perf(Path("q8.gguf"), folder, "sha-m-Q8_0")  # same version: reused
+    assert len(calls) == 1
+    probe.record_perf(Path("q8.gguf"), folder, "sha-m-Q8_0", n_threads=4)  # other settings: remeasured
+    assert len(calls) == 2
+    data = build_report([runs], "m-F16", budget_bytes=8 * GIB, kl=False)
+    q8 = next(a for a in data.artifacts if a.name == "m-Q8_0")
+    assert q8.peak_rss_bytes == 700 * 2**20 and q8.decode_tokens_per_second == 30.0
+    # The artifact changed since (its bench summary names another sha256): the old numbers are not its own.
+    perf = json.loads((folder / "perf.json").read_text())
+    (folder / "perf.json").write_text(json.dumps({**perf, "sha256": "sha-older"}))
+    data = build_report([runs], "m-F16", budget_bytes=8 * GIB, kl=False)
+    q8 = next(a for a in data.artifacts if a.name == "m-Q8_0")
+    assert q8.peak_rss_bytes is None and q8.ram_estimate_bytes == int(2 * GIB * 1.2 + 256 * 2**20)
 
 
 def test_budget_smaller_than_everything_names_the_smallest(runs: Path):

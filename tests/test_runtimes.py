@@ -13,7 +13,7 @@ import pytest
 
 from jmed_edge.errors import ArtifactError, DependencyError
 from jmed_edge.runtimes import GenerationStats, SamplingParams, open_runtime
-from jmed_edge.runtimes.base import RUNTIMES, ChatTemplateView, StopMatcher, log_softmax
+from jmed_edge.runtimes.base import RUNTIMES, ChatTemplateView, StopMatcher, log_softmax, stream_generation
 
 PROBES = [
     "患者は65歳の男性で、高血圧と2型糖尿病の既往がある。",
@@ -147,6 +147,52 @@ def test_stop_matcher_holds_back_partial_stops() -> None:
     assert matcher.feed("answer is c #") == "answer is c "
     assert matcher.feed("#") == ""
     assert matcher.feed("# next") == "" and matcher.stopped
+
+
+def _run(tokens, params, text=None, end=99, consume=lambda piece: None):
+    stats = GenerationStats()
+    pieces = []
+    for piece in stream_generation(
+        iter(tokens), text or (lambda t: f"<{t}>"), lambda t: t == end, params, stats
+    ):
+        consume(piece)
+        pieces.append(piece)
+    return "".join(pieces), stats
+
+
+def test_generation_loop_stops_for_every_reason() -> None:
+    out, stats = _run([1, 2, 3, 99, 4], SamplingParams(max_tokens=10))
+    assert (out, stats.finish_reason, stats.completion_tokens) == ("<1><2><3>", "stop", 3)
+    assert stats.decode_steps == 3  # tokens 2, 3 and the end token after the prompt pass
+    out, stats = _run([1, 2, 3, 4], SamplingParams(max_tokens=2))
+    assert (out, stats.finish_reason, stats.completion_tokens) == ("<1><2>", "length", 2)
+    out, stats = _run([1, 2, 3], SamplingParams(max_tokens=0))
+    assert (out, stats.completion_tokens) == ("", 0)
+    out, stats = _run([1, 2, 3, 4], SamplingParams(max_tokens=10, stop=["<3>"]))
+    assert (out, stats.finish_reason) == ("<1><2>", "stop")
+    out, stats = _run([1, 2], SamplingParams(max_tokens=10))  # the source ran dry
+    assert (out, stats.finish_reason) == ("<1><2>", "length")
+
+
+def test_generation_loop_closes_its_source_and_times_only_itself() -> None:
+    import time
+
+    closed = []
+
+    def source():
+        try:
+            yield from range(1, 50)
+        finally:
+            closed.append(True)
+
+    stats = GenerationStats()
+    stream = stream_generation(source(), str, lambda t: False, SamplingParams(max_tokens=40), stats)
+    next(stream)
+    time.sleep(0.3)  # the caller is slow: not the model's decode time
+    next(stream)
+    stream.close()
+    assert closed == [True] and stats.finish_reason == "cancelled"
+    assert stats.decode_seconds < 0.1 and stats.completion_tokens == 2
 
 
 def test_missing_runtime_library_is_one_clear_line(tiny_llama: Path, monkeypatch) -> None:

@@ -174,7 +174,9 @@ def _bench_is_stale(folder: Path, artifact: Path) -> bool:
 
 
 def _bench(artifacts: dict[str, Path], out: Path, sections: PipelineSections, stages: _Stages) -> Path:
+    from jmed_edge.artifacts import describe
     from jmed_edge.bench import BenchSettings, run_benchmark
+    from jmed_edge.bench.artifact_id import artifact_sha256
     from jmed_edge.report.probe import record_perf
 
     cfg = sections.bench
@@ -188,9 +190,8 @@ def _bench(artifacts: dict[str, Path], out: Path, sections: PipelineSections, st
         for spec in cfg.benchmarks:
             with _bench_bar(stages.console, f"{label} / {spec.split(':')[0]}") as bar:
                 bar.finish(run_benchmark(artifact, spec, run_dir, settings, progress=bar, force=stale))
-        sha = (read_manifest(artifact, required=False) or type("M", (), {"sha256": ""})).sha256
         with stages.console.status(f"measuring speed and memory of {label}"):
-            record_perf(artifact, run_dir / bench_label(artifact), sha)
+            record_perf(artifact, run_dir / bench_label(artifact), artifact_sha256(describe(artifact)))
     stages.done("bench", started)
     return run_dir
 

@@ -133,6 +133,8 @@ def _artifact_row(run: Run) -> ArtifactRow:
     timings = s.get("timings", {})
     perf_file = run.folder.parent / "perf.json"
     perf = json.loads(perf_file.read_text(encoding="utf-8")) if perf_file.exists() else {}
+    if perf.get("sha256") != s.get("sha256"):
+        perf = {}  # measured on another version of the artifact
     fmt, quant = _format_and_quant(str(s.get("artifact", "")))
     return ArtifactRow(
         name=run.artifact,

@@ -9,14 +9,15 @@ from jmed_edge.report.stats import Interval, PairedComparison
 
 
 def shared_prefix(names: list[str]) -> str:
-    """The prefix every name shares, ending at a '-' or '_' so no word is split."""
+    """The prefix every name shares, ending at a '-' (the separator artifact labels use; never
+    inside a quant type such as Q4_K_M)."""
     if len(names) < 2:
         return ""
     prefix = names[0]
     for name in names[1:]:
         while not name.startswith(prefix):
             prefix = prefix[:-1]
-    prefix = prefix[: max(prefix.rfind("-"), prefix.rfind("_")) + 1]
+    prefix = prefix[: prefix.rfind("-") + 1]
     return "" if any(n == prefix for n in names) else prefix
 
 
@@ -96,7 +97,7 @@ class ReportData:
 
     def common_name(self) -> str:
         """What every artifact name shares ("Qwen2-7B-jmed"), or "artifacts"."""
-        return shared_prefix([a.name for a in self.artifacts]).rstrip("-_") or "artifacts"
+        return shared_prefix([a.name for a in self.artifacts]).rstrip("-") or "artifacts"
 
     def langs(self) -> list[str]:
         return sorted({c.lang for c in self.cells}, key=lambda lang: (lang != "ja", lang))

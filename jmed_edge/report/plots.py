@@ -31,6 +31,14 @@ def _mb_formatter(minor: bool = False):
     return FuncFormatter(fmt)
 
 
+def _tick_style(labels: list[str]) -> dict:
+    """Upright tick labels while they are short; slanted once they would run into each other."""
+    longest = max((len(line) for label in labels for line in label.splitlines()), default=0)
+    slant = longest > 9
+    return {"labels": labels, "rotation": 30 if slant else 0, "ha": "right" if slant else "center",
+            "fontsize": 8}  # fmt: skip
+
+
 def accuracy_vs_size(data: ReportData, out: Path) -> Path:
     plt = _pyplot()
     langs = data.langs()
@@ -52,11 +60,13 @@ def accuracy_vs_size(data: ReportData, out: Path) -> Path:
                     label="Pareto front" if bench == sorted({c.benchmark for c in cells})[0] else None)  # fmt: skip
             # Labels alternate above and below in size order, so neighbours do not overprint.
             for rank, (c, (x, y)) in enumerate(sorted(zip(cells, pts, strict=True), key=lambda cp: cp[1][0])):
-                ax.annotate(names[c.artifact], (x, y), textcoords="offset points",
+                ax.annotate(names.get(c.artifact, c.artifact), (x, y), textcoords="offset points",
                             xytext=(5, 5 if rank % 2 == 0 else -11), fontsize=8)  # fmt: skip
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(_mb_formatter())
-        ax.xaxis.set_minor_formatter(_mb_formatter(minor=True))
+        low, high = ax.get_xlim()
+        if high / max(low, 1e-9) < 30:  # labelled minor ticks only while they cannot crowd
+            ax.xaxis.set_minor_formatter(_mb_formatter(minor=True))
         ax.set_xlabel("file size (MB, log scale)")
         ax.set_ylabel("accuracy (%) with 95% CI")
         ax.set_title(f"{data.common_name()}: accuracy vs size ({lang})", fontsize=10)
@@ -85,8 +95,8 @@ def kl_per_quant(data: ReportData, out: Path) -> Path | None:
                color=_LANG_COLOURS.get(lang, "#555"), label=f"{lang} mean KL")  # fmt: skip
         ax.scatter(xs, [a.kl.get(lang, {}).get("p99_kl", 0.0) for a in rows], marker="_", s=200,
                    color="black", label="p99 KL" if i == 0 else None)  # fmt: skip
-    ax.set_xticks([j + width * (len(langs) - 1) / 2 for j in range(len(rows))], [names[a.name] for a in rows],
-                  rotation=30 if len(rows) > 6 else 0, ha="right" if len(rows) > 6 else "center", fontsize=9)  # fmt: skip
+    centres = [j + width * (len(langs) - 1) / 2 for j in range(len(rows))]
+    ax.set_xticks(centres, **_tick_style([names[a.name] for a in rows]))
     ax.set_yscale("symlog", linthresh=1e-3)
     ax.set_ylabel(f"KL divergence vs {names.get(data.reference, data.reference)} (nats)")
     ax.set_title(f"{data.common_name()}: KL divergence on held-out medical text", fontsize=10)
@@ -109,13 +119,16 @@ def flips(data: ReportData, out: Path) -> Path | None:
     plt = _pyplot()
     names = data.short_names()
     one_benchmark = len({c.benchmark for c in cells}) == 1
-    labels = [f"{names[c.artifact]}\n{c.lang if one_benchmark else f'{c.benchmark}/{c.lang}'}" for c in cells]
+    labels = [
+        f"{names.get(c.artifact, c.artifact)}\n{c.lang if one_benchmark else f'{c.benchmark}/{c.lang}'}"
+        for c in cells
+    ]
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(cells) + 2), 4))
     xs = range(len(cells))
     ax.bar(xs, [c.vs_reference.right_to_wrong for c in cells], color="#c0392b", label="right → wrong")
     ax.bar(xs, [c.vs_reference.wrong_to_right for c in cells],
            bottom=[c.vs_reference.right_to_wrong for c in cells], color="#27ae60", label="wrong → right")  # fmt: skip
-    ax.set_xticks(list(xs), labels, fontsize=8)
+    ax.set_xticks(list(xs), **_tick_style(labels))
     ax.set_ylabel("questions")
     ax.set_title(
         f"{data.common_name()}: answer flips against {names.get(data.reference, data.reference)}", fontsize=10

@@ -26,6 +26,8 @@ PROMPT_TEXT = (
     "on room air. Chest X-ray shows a right lower lobe infiltrate. 考えられる診断と初期治療を述べよ。"
 )
 DECODE_TOKENS = 48
+# Bumped whenever what a measurement means changes, so older perf.json files are remeasured.
+PROBE_VERSION = 2
 
 
 def measure(artifact: Path, *, n_threads: int | None = None, repeats: int = 2) -> dict[str, Any]:
@@ -85,11 +87,17 @@ def measure_in_subprocess(
     cmd = [sys.executable, "-m", "jmed_edge.report.probe", str(artifact)]
     if n_threads:
         cmd += ["--threads", str(n_threads)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise ModelError(f"speed probe of {artifact} took longer than {timeout:.0f} s; stopped") from exc
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise ModelError(f"speed probe of {artifact} failed: {last}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    try:
+        return json.loads(result.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError) as exc:
+        raise ModelError(f"speed probe of {artifact} printed no measurement") from exc
 
 
 def record_perf(
@@ -105,10 +113,14 @@ def record_perf(
             cached = json.loads(perf_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             cached = {}
-        if cached.get("sha256") == sha256:
+        if (cached.get("sha256"), cached.get("probe_version"), cached.get("requested_threads")) == (
+            sha256,
+            PROBE_VERSION,
+            n_threads,
+        ):
             return cached, False
     perf = measure_in_subprocess(artifact, n_threads=n_threads)
-    perf["sha256"] = sha256
+    perf.update(sha256=sha256, probe_version=PROBE_VERSION, requested_threads=n_threads)
     folder.mkdir(parents=True, exist_ok=True)
     with staging_file(perf_file) as tmp:
         tmp.write_text(json.dumps(perf, indent=1), encoding="utf-8")

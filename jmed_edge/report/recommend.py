@@ -66,14 +66,16 @@ def recommend(
     worst = _worst_loss(cells, chosen.name)
     limit = f"limit {max_loss:g} point{'' if max_loss == 1 else 's'}"
     loss = (
-        f"largest drop against {reference} {worst:.1f} points ({limit})"
+        "it is the reference itself"
+        if chosen.name == reference
+        else f"largest drop against {reference} {worst:.1f} points ({limit}), none statistically significant"
         if worst > 0
         else f"no drop against {reference} on any benchmark/language ({limit})"
     )
     pairs = {(c.benchmark, c.lang) for c in cells}
     reason = (
         f"{chosen.name}, {human_bytes(chosen.size_bytes)}: {fits}; "
-        f"{loss}, none statistically significant; mean accuracy "
+        f"{loss}; mean accuracy "
         f"{100 * _mean_accuracy(cells, chosen.name):.1f}% over {len(pairs)} benchmark/language pairs."
     )
     smallest_n = min((c.n for c in cells), default=0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from jmed_edge.fsutil import human_bytes
@@ -23,11 +24,14 @@ def summary_table(data: ReportData) -> Table:
     title = f"{data.common_name()}: accuracy % (Δ points vs {names.get(data.reference, data.reference)})"
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
                   collapse_padding=True, pad_edge=False, show_edge=False)  # fmt: skip
-    table.add_column("artifact", no_wrap=True, min_width=min(max(map(len, names.values())), 24))
+    table.add_column("artifact", no_wrap=True, min_width=min(max(map(len, names.values()), default=8), 24))
     table.add_column("size", justify="right", no_wrap=True)
     table.add_column("RAM", justify="right", no_wrap=True)
+    # Two language columns fit on one line each; with more benchmarks a cell may wrap instead of losing its Δ.
     for bench, lang in pairs:
-        table.add_column(lang if one_benchmark else f"{bench} {lang}", justify="right", no_wrap=True)
+        table.add_column(
+            lang if one_benchmark else f"{bench} {lang}", justify="right", no_wrap=len(pairs) <= 2
+        )
     for lang in kl_langs:
         table.add_column(f"KL {lang}", justify="right", no_wrap=True)
     table.add_column("flips", justify="right", no_wrap=True)
@@ -35,7 +39,7 @@ def summary_table(data: ReportData) -> Table:
         is_ref = a.name == data.reference
         row = [names[a.name], human_bytes(a.size_bytes),
                human_bytes(a.peak_rss_bytes) if a.peak_rss_bytes else "-"]  # fmt: skip
-        lost = gained = 0
+        lost = gained = compared = 0
         for bench, lang in pairs:
             cell = data.cell(a.name, bench, lang)
             if cell is None:
@@ -47,11 +51,12 @@ def summary_table(data: ReportData) -> Table:
                 star = "*" if cmp.p_value < SIGNIFICANCE and cmp.difference < 0 else ""
                 text += f" ({100 * cmp.difference:+.1f}{star})"
                 lost, gained = lost + cmp.right_to_wrong, gained + cmp.wrong_to_right
+                compared += 1
             row.append(text)
         for lang in kl_langs:
             mean = a.kl.get(lang, {}).get("mean_kl")
             row.append("ref" if is_ref else "-" if mean is None else f"{mean:.3f}")
-        row.append("ref" if is_ref else f"{lost}/{gained}")
+        row.append("ref" if is_ref else f"{lost}/{gained}" if compared else "-")
         table.add_row(*row, style="bold" if a.name == data.recommendation.chosen else None)
     table.caption = "* significant drop (McNemar p<0.05) · KL: mean · flips: R→W/W→R"
     table.caption_justify = "left"
@@ -62,10 +67,10 @@ def print_summary(data: ReportData, console: Console) -> None:
     console.print(summary_table(data))
     rec = data.recommendation
     console.print(
-        f"[bold green]recommended:[/] {rec.reason}"
+        f"[bold green]recommended:[/] {escape(rec.reason)}"
         if rec.chosen
-        else f"[bold yellow]no recommendation:[/] {rec.reason}",
+        else f"[bold yellow]no recommendation:[/] {escape(rec.reason)}",
         highlight=False,
     )
     for loss in rec.significant_losses:
-        console.print(f"[red]significant loss:[/] {loss}", highlight=False)
+        console.print(f"[red]significant loss:[/] {escape(loss)}", highlight=False)

@@ -62,12 +62,16 @@ class GenerationStats:
     completion_tokens: int = 0
     prompt_seconds: float = 0.0
     decode_seconds: float = 0.0
+    # Forward passes timed in decode_seconds: the first token comes from the prompt pass, and an
+    # end-of-generation token costs a pass without counting as a completion token.
+    decode_steps: int = 0
     finish_reason: str = ""  # "stop", "length" or "cancelled"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def decode_tokens_per_second(self) -> float:
-        return self.completion_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
+        steps = self.decode_steps or self.completion_tokens
+        return steps / self.decode_seconds if self.decode_seconds > 0 else 0.0
 
     @property
     def prompt_tokens_per_second(self) -> float:
@@ -194,28 +198,35 @@ def stream_generation(
     """
     matcher = StopMatcher(params.stop)
     stats.finish_reason = "length"
+    stats.completion_tokens = stats.decode_steps = 0
+    stats.prompt_seconds = stats.decode_seconds = 0.0
+    if params.max_tokens < 1:
+        return
     first = True
     clock = time.perf_counter()
     try:
         for token in tokens:
-            elapsed = time.perf_counter() - clock
+            now = time.perf_counter()
+            elapsed, clock = now - clock, now
             if first:
                 stats.prompt_seconds, first = elapsed, False
             else:
                 stats.decode_seconds += elapsed
+                stats.decode_steps += 1
             if is_end(token):
                 stats.finish_reason = "stop"
                 break
             stats.completion_tokens += 1
             safe = matcher.feed(decode(token))
             if safe:
+                paused = time.perf_counter()
                 yield safe
+                clock += time.perf_counter() - paused  # the caller's time is not decode time
             if matcher.stopped:
                 stats.finish_reason = "stop"
                 return
             if stats.completion_tokens >= params.max_tokens:
                 break
-            clock = time.perf_counter()
     except GeneratorExit:
         stats.finish_reason = "cancelled"
         raise

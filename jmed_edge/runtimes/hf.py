@@ -320,18 +320,18 @@ class HFRuntime:
         stats.prompt_tokens = len(prompt_ids)
         generator = torch.Generator(device="cpu").manual_seed(params.seed)
 
+        @torch.inference_mode()  # on a generator, torch enters and leaves the mode around each step
         def tokens() -> Iterator[int]:
             history = list(prompt_ids)  # for the repetition penalty
             ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
             past = None
-            with torch.inference_mode():
-                while True:
-                    out = self.model(input_ids=ids, past_key_values=past, use_cache=True, logits_to_keep=1)
-                    past = out.past_key_values
-                    token = self._sample(out.logits[0, -1].float(), history, params, generator)
-                    history.append(token)
-                    ids = torch.tensor([[token]], device=self.device)
-                    yield token
+            while True:
+                out = self.model(input_ids=ids, past_key_values=past, use_cache=True, logits_to_keep=1)
+                past = out.past_key_values
+                token = self._sample(out.logits[0, -1].float(), history, params, generator)
+                history.append(token)
+                ids = torch.tensor([[token]], device=self.device)
+                yield token
 
         generated: list[int] = []
         emitted = ""
