@@ -120,7 +120,7 @@ def test_perf_is_used_only_for_the_artifact_version_it_measured(runs: Path, monk
 
     calls = []
 
-    def fake_measure(artifact, *, n_threads=None, timeout=900):
+    def fake_measure(artifact, *, options=None, timeout=900):
         calls.append(artifact)
         return {"load_seconds": 0.2, "prompt_tokens_per_second": 300.0, "decode_tokens_per_second": 30.0,
                 "decode_tokens": 48, "peak_rss_bytes": 700 * 2**20}  # fmt: skip
@@ -130,7 +130,9 @@ def test_perf_is_used_only_for_the_artifact_version_it_measured(runs: Path, monk
     probe.record_perf(Path("q8.gguf"), folder, "sha-m-Q8_0")
     probe.record_perf(Path("q8.gguf"), folder, "sha-m-Q8_0")  # same version: reused
     assert len(calls) == 1
-    probe.record_perf(Path("q8.gguf"), folder, "sha-m-Q8_0", n_threads=4)  # other settings: remeasured
+    probe.record_perf(
+        Path("q8.gguf"), folder, "sha-m-Q8_0", options={"n_threads": 4}
+    )  # other settings: remeasured
     assert len(calls) == 2
     data = build_report([runs], "m-F16", budget_bytes=8 * GIB, kl=False)
     q8 = next(a for a in data.artifacts if a.name == "m-Q8_0")

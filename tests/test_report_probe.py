@@ -29,7 +29,7 @@ def test_probe_from_a_large_parent_reports_its_own_peak_and_a_cold_prompt(gguf):
         "from pathlib import Path\n"
         "held = np.ones(1_500_000_000 // 8)\n"
         "from jmed_edge.report.probe import measure_in_subprocess\n"
-        "print(json.dumps(measure_in_subprocess(Path(sys.argv[1]), n_threads=1)))\n"
+        'print(json.dumps(measure_in_subprocess(Path(sys.argv[1]), options={"n_threads": 1})))\n'
     )
     out = subprocess.run(
         [sys.executable, "-c", script, str(gguf)], capture_output=True, text=True, check=True

@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
             if runtime is not None:
                 runtime.close()
         if not args.no_probe:
-            _probe(info, args.out, console, n_threads=args.n_threads)
+            _probe(info, args.out, console, options=settings.runtime_options)
     if args.json:
         print(json.dumps([s.to_dict() for s in summaries], ensure_ascii=False, indent=2))
     else:
@@ -172,7 +172,7 @@ def _run_one(info: Any, bench: Any, args: argparse.Namespace, settings: Any, run
     return summary
 
 
-def _probe(info: Any, out: Path, console: Any, *, n_threads: int | None) -> None:
+def _probe(info: Any, out: Path, console: Any, *, options: dict[str, Any]) -> None:
     """Speed and peak RAM of the artifact alone, in a fresh process, for ``jmed-edge report``."""
     from jmed_edge.bench.artifact_id import artifact_label, artifact_sha256
     from jmed_edge.errors import JmedError
@@ -181,7 +181,7 @@ def _probe(info: Any, out: Path, console: Any, *, n_threads: int | None) -> None
     with console.status(f"measuring speed and memory of {info.path}"):
         try:
             perf, _ = record_perf(
-                info.path, out / artifact_label(info), artifact_sha256(info), n_threads=n_threads
+                info.path, out / artifact_label(info), artifact_sha256(info), options=options
             )
         except JmedError as exc:  # the scores stand; the report falls back to a size-based RAM estimate
             console.print(f"[yellow]speed/memory probe skipped:[/] {exc}")

@@ -30,11 +30,11 @@ DECODE_TOKENS = 48
 PROBE_VERSION = 2
 
 
-def measure(artifact: Path, *, n_threads: int | None = None, repeats: int = 2) -> dict[str, Any]:
+def measure(artifact: Path, *, options: dict[str, Any] | None = None, repeats: int = 2) -> dict[str, Any]:
     """Run in-process: load the artifact, time a prompt pass and a greedy decode (best of ``repeats``)."""
     from jmed_edge.runtimes import GenerationStats, SamplingParams, open_runtime
 
-    options = {"n_threads": n_threads} if n_threads else {}
+    options = dict(options or {})
     start = time.perf_counter()
     runtime = open_runtime(artifact, **options)
     load_seconds = time.perf_counter() - start
@@ -82,11 +82,12 @@ def peak_rss_bytes() -> int:
 
 
 def measure_in_subprocess(
-    artifact: Path, *, n_threads: int | None = None, timeout: float = 900
+    artifact: Path, *, options: dict[str, Any] | None = None, timeout: float = 900
 ) -> dict[str, Any]:
+    """``measure`` in a fresh interpreter; ``options`` are the runtime's (n_threads, n_ctx, base, ...)."""
     cmd = [sys.executable, "-m", "jmed_edge.report.probe", str(artifact)]
-    if n_threads:
-        cmd += ["--threads", str(n_threads)]
+    if options:
+        cmd += ["--options", json.dumps(options, sort_keys=True, default=str)]
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
@@ -101,26 +102,28 @@ def measure_in_subprocess(
 
 
 def record_perf(
-    artifact: Path, folder: Path, sha256: str, *, n_threads: int | None = None
+    artifact: Path, folder: Path, sha256: str, *, options: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], bool]:
-    """``folder/perf.json`` for this version of the artifact: reused while its sha256 matches,
-    measured in a subprocess otherwise. Returns the measurement and whether it was taken now."""
+    """``folder/perf.json`` for this version of the artifact: reused while its sha256, the probe
+    version and the runtime options match, measured in a subprocess otherwise. Returns the
+    measurement and whether it was taken now."""
     from jmed_edge.fsutil import staging_file
 
     perf_file = folder / "perf.json"
+    requested = json.loads(json.dumps(options or {}, sort_keys=True, default=str))  # as it reads back
     if sha256 and perf_file.is_file():
         try:
             cached = json.loads(perf_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             cached = {}
-        if (cached.get("sha256"), cached.get("probe_version"), cached.get("requested_threads")) == (
+        if (cached.get("sha256"), cached.get("probe_version"), cached.get("options")) == (
             sha256,
             PROBE_VERSION,
-            n_threads,
+            requested,
         ):
             return cached, False
-    perf = measure_in_subprocess(artifact, n_threads=n_threads)
-    perf.update(sha256=sha256, probe_version=PROBE_VERSION, requested_threads=n_threads)
+    perf = measure_in_subprocess(artifact, options=options)
+    perf.update(sha256=sha256, probe_version=PROBE_VERSION, options=requested)
     folder.mkdir(parents=True, exist_ok=True)
     with staging_file(perf_file) as tmp:
         tmp.write_text(json.dumps(perf, indent=1), encoding="utf-8")
@@ -133,8 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jmed_edge.report.probe")
     parser.add_argument("artifact", type=Path)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--options", default="", help="runtime options as JSON, e.g. '{\"n_ctx\": 2048}'")
     args = parser.parse_args(argv)
-    print(json.dumps(measure(args.artifact, n_threads=args.threads)))
+    options = json.loads(args.options) if args.options else {}
+    if args.threads:
+        options["n_threads"] = args.threads
+    print(json.dumps(measure(args.artifact, options=options)))
     return 0
 
 
