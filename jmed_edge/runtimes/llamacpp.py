@@ -279,30 +279,35 @@ class LlamaCppRuntime:
         self.llm.set_seed(params.seed)
         vocab = self.llm._model.vocab
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        tokens = self.llm.generate(
-            prompt_ids,
-            top_k=params.top_k,
-            top_p=params.top_p,
-            min_p=0.0,
-            temp=params.temperature,
-            repeat_penalty=params.repeat_penalty,
-        )
+
+        def tokens() -> Iterator[int]:
+            generated = self.llm.generate(
+                prompt_ids,
+                top_k=params.top_k,
+                top_p=params.top_p,
+                min_p=0.0,
+                temp=params.temperature,
+                repeat_penalty=params.repeat_penalty,
+            )
+            try:
+                yield from generated
+            finally:
+                generated.close()
+                # Record what the KV cache holds as soon as generation stops, before the last piece.
+                self._kv = [int(t) for t in self.llm.input_ids[: self.llm.n_tokens]]
 
         def tail(finish_reason: str) -> str:
             # Cut off by max_tokens mid-character: drop the partial bytes rather than print U+FFFD.
             return decoder.decode(b"", final=finish_reason != "length")
 
-        try:
-            yield from stream_generation(
-                tokens,
-                lambda token: decoder.decode(self.llm.detokenize([token])),
-                lambda token: llama_cpp.llama_vocab_is_eog(vocab, token),
-                params,
-                stats,
-                tail,
-            )
-        finally:
-            self._kv = [int(t) for t in self.llm.input_ids[: self.llm.n_tokens]]
+        yield from stream_generation(
+            tokens(),
+            lambda token: decoder.decode(self.llm.detokenize([token])),
+            lambda token: llama_cpp.llama_vocab_is_eog(vocab, token),
+            params,
+            stats,
+            tail,
+        )
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)
