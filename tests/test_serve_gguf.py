@@ -7,12 +7,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from jmed_edge.serve import ServeSettings, create_app, is_loopback
 from jmed_edge.serve.server import BackgroundServer
 
-openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.slow
 
 NAME = "smollm2-q4"
@@ -25,16 +25,11 @@ QUESTIONS = [
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(default_gguf):
     from jmed_edge.artifacts import describe
     from jmed_edge.chat.model import open_model
-    from jmed_edge.errors import JmedError
-    from jmed_edge.models.default import default_gguf
 
-    try:
-        info = describe(default_gguf())
-    except JmedError as exc:
-        pytest.skip(f"default GGUF unavailable: {exc}")
+    info = describe(default_gguf)
     runtimes = [open_model(info, n_threads=1, n_ctx=512) for _ in range(2)]
     settings = ServeSettings(model_name=NAME, max_tokens_limit=16, max_concurrency=2, queue=8)
     try:
