@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from test_tui_support import DEFAULT_REPLY, ScriptedBackend, bench_runs, build_root
+from test_tui_support import DEFAULT_REPLY, ScriptedBackend, bench_runs, build_root, key, settle
 from textual.pilot import Pilot
 from textual.widgets import Checkbox, DataTable, Input, Select, SelectionList, Static, TextArea
 
@@ -34,16 +34,6 @@ def drive(
     asyncio.run(main())
 
 
-async def settle(pilot: Pilot) -> None:
-    """Wait for the workers, then for the UI updates they posted (queued before a marker), drawn."""
-    app = pilot.app
-    await app.workers.wait_for_complete()
-    handled = asyncio.Event()
-    app.from_worker(handled.set)
-    await asyncio.wait_for(handled.wait(), 10)
-    await pilot.pause()
-
-
 def text_of(widget: Static) -> str:
     return str(widget.render())
 
@@ -57,11 +47,6 @@ async def wait_until(pilot: Pilot, condition: Callable[[], bool], timeout: float
     while not condition():
         assert time.monotonic() < deadline, "timed out waiting for the TUI"
         await pilot.pause(0.02)
-
-
-def key(app: JmedEdgeApp, name: str) -> str:
-    """The row key / option value of the artifact called ``name`` (its path)."""
-    return next(str(a.info.path) for a in app.artifacts if a.name == name)
 
 
 @pytest.fixture
@@ -172,8 +157,8 @@ def test_help_lists_the_keys_of_every_screen(root: Path):
         from jmed_edge.tui.screens.help import help_markdown
 
         text = help_markdown("artifacts")
-        for key in ("Ctrl+S", "Esc", "Ctrl+T", "Ctrl+X", "Ctrl+R", "Convert to GGUF"):
-            assert key in text
+        for shortcut in ("Ctrl+S", "Esc", "Ctrl+T", "Ctrl+X", "Ctrl+R", "Convert to GGUF"):
+            assert shortcut in text
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)
         await pilot.press("question_mark")

@@ -8,12 +8,11 @@ by ``run_benchmark`` from scripted scores.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from pathlib import Path
 
 import pytest
-from test_tui_support import ScriptedBackend, bench_runs, build_root
+from test_tui_support import ScriptedBackend, bench_runs, build_root, key, settle
 from textual.pilot import Pilot
 from textual.widgets import Checkbox, Input, Select, SelectionList, TabbedContent, TextArea
 
@@ -43,24 +42,10 @@ def benched(benched_base: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return Path("runs")
 
 
-def key(app: JmedEdgeApp, name: str) -> str:
-    return next(str(a.info.path) for a in app.artifacts if a.name == name)
-
-
 async def ready(pilot: Pilot) -> None:
     while not pilot.app.scanned:
         await pilot.pause(0.02)
     await settle(pilot)
-
-
-async def settle(pilot: Pilot) -> None:
-    """Wait for the workers, then for the UI updates they posted (queued before a marker), drawn."""
-    app = pilot.app
-    await app.workers.wait_for_complete()
-    handled = asyncio.Event()
-    app.from_worker(handled.set)
-    await asyncio.wait_for(handled.wait(), 10)
-    await pilot.pause()
 
 
 def steady(app: JmedEdgeApp) -> None:

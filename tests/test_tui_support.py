@@ -8,6 +8,7 @@ no timings and the tests run in seconds.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -210,3 +211,21 @@ def bench_runs(
             backend.run_benchmark(root / "gguf" / quant, "jmed-sample", out, limit=limit, progress=lambda _: None,
                                   cancel=threading.Event())  # fmt: skip
     return out
+
+
+# --- driving the app under Pilot ----------------------------------------------------------
+
+
+def key(app: Any, name: str) -> str:
+    """The row key / option value of the artifact called ``name`` (its path)."""
+    return next(str(a.info.path) for a in app.artifacts if a.name == name)
+
+
+async def settle(pilot: Any) -> None:
+    """Wait for the workers, then for the UI updates they posted (queued before a marker), drawn."""
+    app = pilot.app
+    await app.workers.wait_for_complete()
+    handled = asyncio.Event()
+    app.from_worker(handled.set)
+    await asyncio.wait_for(handled.wait(), 10)
+    await pilot.pause()
