@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from jmed_edge.errors import ArtifactError, DiskSpaceError
+from jmed_edge.manifest import MANIFEST_NAME
 
 PARTIAL_MARK = ".partial-"
 
@@ -36,9 +37,16 @@ def _remove_stale_partials(dest: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
 
 
-def _refuse_existing(dest: Path, force: bool) -> None:
+def _refuse_existing(dest: Path, force: bool, *, foreign_ok: bool = False) -> None:
     if dest.exists() and not force:
         raise ArtifactError(f"{dest} already exists; pass --force to replace it or pick another --out")
+    # --force replaces what jmed-edge wrote (a folder with a manifest), never a user's own folder.
+    foreign = dest.is_dir() and any(dest.iterdir()) and not (dest / MANIFEST_NAME).is_file()
+    if force and foreign and not foreign_ok:
+        raise ArtifactError(
+            f"{dest} is a folder jmed-edge did not write (no {MANIFEST_NAME}); it will not be "
+            "replaced: pick another --out"
+        )
 
 
 def _disk_full(exc: OSError, where: Path) -> DiskSpaceError | None:
@@ -48,11 +56,14 @@ def _disk_full(exc: OSError, where: Path) -> DiskSpaceError | None:
 
 
 @contextlib.contextmanager
-def staging_dir(dest: Path, *, force: bool = False) -> Iterator[Path]:
-    """Yield an empty folder; on success it becomes ``dest`` atomically, on failure it vanishes."""
+def staging_dir(dest: Path, *, force: bool = False, foreign_ok: bool = False) -> Iterator[Path]:
+    """Yield an empty folder; on success it becomes ``dest`` atomically, on failure it vanishes.
+
+    ``force`` replaces an earlier artifact; a non-empty folder without a manifest is replaced only
+    with ``foreign_ok`` (for caches jmed-edge owns)."""
     dest = Path(dest)
     _check_writable(dest.parent)
-    _refuse_existing(dest, force)
+    _refuse_existing(dest, force, foreign_ok=foreign_ok)
     _remove_stale_partials(dest)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}{PARTIAL_MARK}", dir=dest.parent))
     try:

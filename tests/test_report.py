@@ -179,6 +179,14 @@ def test_report_cli(runs: Path, tmp_path: Path, run_cli):
     assert (tmp_path / "r" / "report.html").exists()
     code, _, err = run_cli("report", tmp_path / "nothing", "--reference", "x", "--out", tmp_path / "r2")
     assert code == 2 and "does not exist" in err
+    # --out at the bench folder itself, or at any folder of the user's: refused, nothing touched.
+    before = sorted(p.relative_to(runs) for p in runs.rglob("*"))
+    code, _, err = run_cli("report", runs, "--reference", "m-F16", "--no-kl", "--out", runs)
+    assert code == 2 and "did not write" in err
+    assert sorted(p.relative_to(runs) for p in runs.rglob("*")) == before
+    # A report written earlier is replaced.
+    code, _, err = run_cli("report", runs, "--reference", "m-F16", "--no-kl", "--out", tmp_path / "r")
+    assert code == 0, err
 
 
 def test_pipeline_sections_validate_with_did_you_mean(tmp_path: Path):

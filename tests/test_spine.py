@@ -25,6 +25,7 @@ def test_staging_dir_renames_on_success_and_refuses_overwrite(tmp_path):
     dest = tmp_path / "artifact"
     with staging_dir(dest) as tmp:
         (tmp / "a.txt").write_text("one")
+        (tmp / "jmed_manifest.json").write_text("{}")  # what every stage seals its output with
     assert (dest / "a.txt").read_text() == "one"
     with pytest.raises(ArtifactError, match="--force"), staging_dir(dest):
         pass
@@ -32,6 +33,24 @@ def test_staging_dir_renames_on_success_and_refuses_overwrite(tmp_path):
         (tmp / "b.txt").write_text("two")
     assert sorted(p.name for p in dest.iterdir()) == ["b.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["artifact"]
+
+
+def test_force_never_replaces_a_folder_jmed_edge_did_not_write(tmp_path):
+    mine = tmp_path / "my-notes"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with (
+        pytest.raises(ArtifactError, match=r"did not write .*pick another --out"),
+        staging_dir(mine, force=True),
+    ):
+        pass
+    assert (mine / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my-notes"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with staging_dir(empty, force=True) as tmp:  # an empty folder holds nothing to lose
+        (tmp / "a.txt").write_text("one")
+    assert (empty / "a.txt").exists()
 
 
 def test_staging_dir_removes_partials_of_a_killed_run(tmp_path):

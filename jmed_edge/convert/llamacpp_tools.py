@@ -169,7 +169,10 @@ def setup_tools(*, force: bool = False, jobs: int | None = None) -> Path:
         )
     dest = tools_dir()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="jmed-llama-src-") as work, staging_dir(dest, force=True) as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="jmed-llama-src-") as work,
+        staging_dir(dest, force=True, foreign_ok=True) as tmp,
+    ):
         sdist = _fetch_sdist(Path(work))
         source = _extract(sdist, Path(work))
         converter = tmp / "converter"
