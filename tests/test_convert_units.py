@@ -206,6 +206,19 @@ def test_iq_types_need_an_imatrix(tmp_path: Path, tiny_llama: Path) -> None:
 
 
 @needs_tools
+def test_float_type_asked_as_a_quant_is_refused_not_dropped(tmp_path: Path, tiny_llama: Path) -> None:
+    with pytest.raises(ConfigError, match="BF16 is an unquantized type, made with --outtype bf16"):
+        convert_to_gguf(tiny_llama, tmp_path / "out", quants="q8_0,bf16")
+    assert not (tmp_path / "out").exists()
+
+
+def test_imatrix_none_means_no_imatrix(tmp_path: Path, tiny_llama: Path) -> None:
+    # Presets and recipes spell "no importance matrix" as none: it is not a file called "none".
+    with pytest.raises(ConfigError, match="IQ2_XS need an importance matrix"):
+        convert_to_gguf(tiny_llama, tmp_path / "out", quants="iq2_xs", imatrix="none")
+
+
+@needs_tools
 def test_unknown_quant_on_the_command_line(run_cli, tmp_path: Path, tiny_llama: Path) -> None:
     code, _, err = run_cli(
         "convert", tiny_llama, "--to", "gguf", "--quant", "q8_0,q4km", "--out", tmp_path / "o"

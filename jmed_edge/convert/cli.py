@@ -112,8 +112,6 @@ def to_gguf(args: argparse.Namespace, console) -> dict[str, Path]:
             imatrix = imatrix or preset.imatrix
             outtype = outtype or preset.outtype
             progress.note(f"preset {preset.name}: {preset.description}; types {quants}, imatrix {imatrix}")
-        if imatrix == "none":
-            imatrix = None
         folders = convert_to_gguf(
             args.src,
             args.out,

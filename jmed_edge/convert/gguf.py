@@ -98,7 +98,7 @@ def _pre_tokenizer(explicit: str | None, source: HFSource, progress: Progress) -
 
 def _imatrix_mode(imatrix: str | Path | None, quants: list[QuantType]) -> str | Path | None:
     needing = [q.name for q in quants if q.imatrix == "required"]
-    if imatrix is None:
+    if imatrix is None or str(imatrix) == "none":
         if needing:
             raise ConfigError(
                 f"{', '.join(needing)} need an importance matrix; pass --imatrix auto (computed from the "
@@ -317,7 +317,14 @@ def convert_to_gguf(
         raise ConfigError(f'--outtype must be one of {", ".join(OUTTYPES)}, not "{outtype}"')
     outtype = outtype.lower()
     source = check_hf_source(resolve_source(src))
-    qtypes = [q for q in parse_quants(quants) if not q.is_float]
+    parsed = parse_quants(quants)
+    other_floats = [q.name for q in parsed if q.is_float and q.name != quant_type(outtype).name]
+    if other_floats:
+        raise ConfigError(
+            f"{', '.join(other_floats)} is an unquantized type, made with --outtype "
+            f"{other_floats[0].lower()} (the base every quant is made from), not with --quant"
+        )
+    qtypes = [q for q in parsed if not q.is_float]
     mode = _imatrix_mode(imatrix, qtypes)
     if mode is not None and not any(q.uses_imatrix for q in qtypes):
         progress.note("--imatrix is ignored: none of the requested types uses an importance matrix")

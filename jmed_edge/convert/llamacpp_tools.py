@@ -20,7 +20,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from jmed_edge.errors import DependencyError
+from jmed_edge.errors import ArtifactError, DependencyError
 from jmed_edge.fsutil import staging_dir
 from jmed_edge.resources import cache_home
 
@@ -168,6 +168,13 @@ def setup_tools(*, force: bool = False, jobs: int | None = None) -> Path:
             "cmake is not installed; it is needed once to build llama-imatrix (apt install cmake)"
         )
     dest = tools_dir()
+    # Replace an earlier build (converter/, bin/, the cached sdist), never a folder of the user's.
+    if dest.is_dir() and not all(
+        p.name in ("converter", "bin") or p.name.startswith("llama_cpp_python-") for p in dest.iterdir()
+    ):
+        raise ArtifactError(
+            f"{dest} holds files jmed-edge did not put there; point JMED_EDGE_LLAMA_CPP_DIR at a new folder"
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(prefix="jmed-llama-src-") as work,

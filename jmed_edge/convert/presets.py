@@ -51,10 +51,6 @@ class Preset(BaseModel):
     def memory_bytes(self) -> int:
         return parse_bytes(self.memory)
 
-    @property
-    def imatrix_option(self) -> str | None:
-        return None if self.imatrix == "none" else self.imatrix
-
 
 def shipped_presets() -> dict[str, Path]:
     return {p.stem: p for p in sorted(shipped("convert/presets").glob("*.yaml"))}
