@@ -21,7 +21,8 @@ from jmed_edge.manifest import MANIFEST_NAME
 PARTIAL_MARK = ".partial-"
 
 
-def _check_writable(parent: Path) -> None:
+def check_writable(parent: Path) -> None:
+    """Create ``parent`` if needed; one clear line when it cannot be created or written."""
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -49,6 +50,16 @@ def _refuse_existing(dest: Path, force: bool, *, foreign_ok: bool = False) -> No
         )
 
 
+def refuse_overlap(out: Path, inputs: dict[str, Path]) -> None:
+    """Refuse an output folder that is, holds or sits inside one of its inputs (named in ``inputs``):
+    replacing it would destroy what it is made from."""
+    dest = Path(out).expanduser().resolve()
+    for what, path in inputs.items():
+        source = Path(path).expanduser().resolve()
+        if dest == source or source.is_relative_to(dest) or dest.is_relative_to(source):
+            raise ArtifactError(f"--out {out} overlaps the {what} {path}; write to a folder of its own")
+
+
 def _disk_full(exc: OSError, where: Path) -> DiskSpaceError | None:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskSpaceError(f"disk full while writing {where}; free some space and run again")
@@ -62,7 +73,7 @@ def staging_dir(dest: Path, *, force: bool = False, foreign_ok: bool = False) ->
     ``force`` replaces an earlier artifact; a non-empty folder without a manifest is replaced only
     with ``foreign_ok`` (for caches jmed-edge owns)."""
     dest = Path(dest)
-    _check_writable(dest.parent)
+    check_writable(dest.parent)
     _refuse_existing(dest, force, foreign_ok=foreign_ok)
     _remove_stale_partials(dest)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}{PARTIAL_MARK}", dir=dest.parent))
@@ -92,7 +103,7 @@ def staging_dir(dest: Path, *, force: bool = False, foreign_ok: bool = False) ->
 def staging_file(dest: Path, *, force: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; renamed onto ``dest`` only if the block succeeds."""
     dest = Path(dest)
-    _check_writable(dest.parent)
+    check_writable(dest.parent)
     _refuse_existing(dest, force)
     fd, name = tempfile.mkstemp(prefix=f".{dest.name}{PARTIAL_MARK}", dir=dest.parent)
     os.close(fd)

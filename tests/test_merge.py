@@ -157,6 +157,10 @@ def test_not_an_adapter_and_existing_output(adapter, merged, tiny_llama, tmp_pat
         merge_adapter(tiny_llama, tmp_path / "x")
     with pytest.raises(ArtifactError, match="already exists; pass --force"):
         merge_adapter(adapter, merged)
+    # --force onto the adapter (or the base) would destroy the input it merges.
+    with pytest.raises(ArtifactError, match="overlaps the adapter"):
+        merge_adapter(adapter, adapter, force=True)
+    assert (adapter / "adapter_model.safetensors").exists()
     with pytest.raises(ModelError, match=r"--base .*nowhere not found"):
         merge_adapter(adapter, tmp_path / "x", base=tmp_path / "nowhere")
     assert not (tmp_path / "x").exists()

@@ -98,6 +98,16 @@ def test_other_stages_sections_are_left_alone_but_typos_are_not():
         validate_recipe({**demo, "lorra": {"r": 4}})
 
 
+def test_a_setting_outside_its_section_is_an_error_not_ignored():
+    demo = load_recipe("demo").model_dump(include=set(SECTIONS))
+    with pytest.raises(ConfigError) as err:
+        validate_recipe({**demo, "max_steps": 3, "learning_rate": 1e-4})
+    assert "max_steps: a train setting; put it under train: (or --set train.max_steps=...)" in str(err.value)
+    assert "learning_rate: a train setting; put it under train: (or --set train.lr=...)" in str(err.value)
+    with pytest.raises(ConfigError, match="max_steps: a train setting"):
+        load_recipe("demo", ["max_steps=3"])
+
+
 def test_all_problems_are_reported_at_once():
     with pytest.raises(ConfigError) as err:
         load_recipe(

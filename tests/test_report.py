@@ -182,7 +182,7 @@ def test_report_cli(runs: Path, tmp_path: Path, run_cli):
     # --out at the bench folder itself, or at any folder of the user's: refused, nothing touched.
     before = sorted(p.relative_to(runs) for p in runs.rglob("*"))
     code, _, err = run_cli("report", runs, "--reference", "m-F16", "--no-kl", "--out", runs)
-    assert code == 2 and "did not write" in err
+    assert code == 2 and "overlaps the run folder 1" in err
     assert sorted(p.relative_to(runs) for p in runs.rglob("*")) == before
     # A report written earlier is replaced.
     code, _, err = run_cli("report", runs, "--reference", "m-F16", "--no-kl", "--out", tmp_path / "r")

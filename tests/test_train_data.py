@@ -216,3 +216,14 @@ def test_length_grouped_order_is_seeded_complete_and_not_longest_first():
     assert longest != sorted(longest, reverse=True)  # batch order is shuffled, not longest-first
     order.set_epoch(1)
     assert list(order) != first
+
+
+def test_data_not_saved_as_utf8_names_the_file_and_the_fix(tmp_path, llama_tok):
+    path = tmp_path / "sjis.jsonl"
+    path.write_bytes('{"instruction": "高血圧とは", "output": "血圧が高い状態"}\n'.encode("cp932"))
+    with pytest.raises(DataError, match=rf"{path} is not UTF-8 text .*iconv -f cp932 -t utf-8"):
+        load_examples(_recipe(tmp_path, ["sjis.jsonl"]), llama_tok)
+    # A UTF-8 file with a byte-order mark (as Windows editors save it) reads fine.
+    path.write_bytes('{"instruction": "高血圧とは", "output": "血圧が高い状態"}\n'.encode("utf-8-sig"))
+    examples, _ = load_examples(_recipe(tmp_path, ["sjis.jsonl"]), llama_tok)
+    assert len(examples) == 1

@@ -17,7 +17,7 @@ from typing import Any
 
 from jmed_edge.artifacts import describe
 from jmed_edge.errors import ArtifactError, ConfigError, ModelError, VerificationError
-from jmed_edge.fsutil import dir_size, ensure_free_space, staging_dir
+from jmed_edge.fsutil import dir_size, ensure_free_space, refuse_overlap, staging_dir
 from jmed_edge.manifest import Manifest, parent_record, read_manifest
 
 log = logging.getLogger(__name__)
@@ -176,6 +176,7 @@ def merge_adapter(
         raise ArtifactError(f"{out} already exists; pass --force to replace it or pick another --out")
     manifest = read_manifest(adapter, required=False)
     base_path = resolve_base(adapter, manifest, base)
+    refuse_overlap(out, {"adapter": adapter, "base model": base_path})
     base_config = check_base(base_path, manifest)
     source_bytes = _BYTES.get(str(base_config.get("torch_dtype") or base_config.get("dtype")), 4)
     weights = sum(p.stat().st_size for p in base_path.glob("*.safetensors")) or dir_size(base_path)

@@ -26,10 +26,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from jmed_edge.fsutil import parse_bytes
+    from jmed_edge.fsutil import parse_bytes, refuse_overlap
     from jmed_edge.report.build import build_report, write_report
     from jmed_edge.report.terminal import print_summary
 
+    refuse_overlap(args.out, {f"run folder {i + 1}": d for i, d in enumerate(args.run_dirs)})
     budget = parse_bytes(args.budget) if args.budget else None
     data = build_report(
         args.run_dirs, args.reference, budget_bytes=budget, max_loss=args.max_loss, kl=not args.no_kl,

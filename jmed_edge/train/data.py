@@ -13,7 +13,7 @@ import json
 import logging
 import random
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,20 +45,30 @@ class Segment:
 
 
 def _records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(
-                    f"{where}: not valid JSON ({exc.msg}); each line must be one JSON object"
-                ) from exc
-            if not isinstance(record, dict):
-                raise DataError(f"{where}: expected a JSON object, found {type(record).__name__}")
-            yield where, record
+    with open(path, encoding="utf-8-sig") as fh:
+        try:
+            yield from _parsed_lines(path, fh)
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8, "
+                f"e.g. iconv -f cp932 -t utf-8 {path.name} > utf8-{path.name}"
+            ) from exc
+
+
+def _parsed_lines(path: Path, lines: Iterable[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{where}: not valid JSON ({exc.msg}); each line must be one JSON object"
+            ) from exc
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected a JSON object, found {type(record).__name__}")
+        yield where, record
 
 
 def _text_field(record: dict[str, Any], name: str, where: str, expected: str, required: bool = True) -> str:

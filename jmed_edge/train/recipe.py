@@ -131,6 +131,8 @@ SECTIONS: dict[str, type[_Section]] = {
     "train": TrainSection, "output": OutputSection,
 }  # fmt: skip
 REQUIRED = ("data",)
+# Sections of the whole-pipeline recipe (`jmed-edge run`), read by jmed_edge.pipeline.recipe.
+PIPELINE_SECTIONS = ("convert", "bench", "report")
 
 
 class Recipe(BaseModel):
@@ -300,8 +302,17 @@ def validate_recipe(
         )
     problems: list[str] = []
     for key in raw:
-        if key not in SECTIONS and did_you_mean(str(key), SECTIONS):
-            problems.append(f"{key}: unknown section{did_you_mean(str(key), SECTIONS)}")
+        if key in SECTIONS or key in PIPELINE_SECTIONS:
+            continue
+        name = ALIASES.get(str(key), str(key))
+        owner = next((section for section, model in SECTIONS.items() if name in model.model_fields), None)
+        if owner:
+            problems.append(f"{key}: a {owner} setting; put it under {owner}: (or --set {owner}.{name}=...)")
+        else:
+            known = [*SECTIONS, *PIPELINE_SECTIONS]
+            problems.append(
+                f"{key}: unknown section{did_you_mean(str(key), known)} (sections: {', '.join(known)})"
+            )
     for name in REQUIRED:
         if raw.get(name) is None:
             problems.append(f"{name}: required section")

@@ -96,6 +96,11 @@ def _last_checkpoint(folder: Path) -> Path | None:
 
 def _preflight(recipe: Recipe, out: Path, resume: bool, force: bool) -> Path | None:
     """Refuse early (before loading anything) when the output or checkpoints say so."""
+    from jmed_edge.fsutil import check_writable, refuse_overlap
+
+    if recipe.model.path != "default":
+        refuse_overlap(out, {"base model": Path(recipe.model.path)})
+    check_writable(out.parent)
     ckpt = checkpoints_dir(out)
     if resume:
         last = _last_checkpoint(ckpt)
