@@ -49,5 +49,11 @@ def test_run_skips_finished_stages_and_redoes_changed_ones(tmp_path: Path, tiny_
     report.pop("timings"), again_report.pop("timings")
     assert again_report == report  # same recipe and seed: same numbers
 
+    # A changed bench setting redoes the bench (no "--force" advice the recipe cannot follow).
+    more = run_pipeline(recipe, overrides=["bench.limit=6"])
+    assert more.skipped == ["train", "merge", "convert gguf"]
+    more_report = json.loads((more.report / "report.json").read_text(encoding="utf-8"))
+    assert {c["n"] for c in more_report["cells"]} == {6}
+
     changed = run_pipeline(_recipe(tmp_path, tiny_llama, r=8))
     assert changed.ran[:3] == ["train", "merge", "convert gguf"]
