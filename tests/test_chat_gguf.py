@@ -139,3 +139,12 @@ def test_an_answer_cut_mid_character_ends_cleanly(default_gguf):
     finally:
         runtime.close()
     assert all(answers) and not any("\ufffd" in a for a in answers), answers
+
+
+def test_a_context_that_is_not_a_multiple_of_256_works(default_gguf, capsys):
+    # llama.cpp rounds the context up to 256; the runtime must size its own buffers the same way.
+    assert (
+        run_chat(default_gguf, "--ctx", "40", "--prompt", QUESTION, "--max-tokens", "4", "--threads", "1")
+        == 0
+    )
+    assert capsys.readouterr().out.strip()

@@ -105,11 +105,12 @@ class LlamaCppRuntime:
         self.lora_path = Path(lora_path) if lora_path else None
         started = time.perf_counter()
         try:
-            # n_ctx=0 asks llama.cpp for the training context; cap it unless asked for more.
-            probe_ctx = n_ctx or 0
+            # llama.cpp rounds the context up to a multiple of 256 but llama-cpp-python sizes its
+            # token buffer to the number asked for: ask for the rounded size so both agree.
+            ctx = -(-(n_ctx or DEFAULT_N_CTX) // 256) * 256
             self.llm = llama_cpp.Llama(
                 model_path=str(model_path),
-                n_ctx=probe_ctx if probe_ctx else DEFAULT_N_CTX,
+                n_ctx=ctx,
                 n_batch=n_batch,
                 n_threads=n_threads,
                 n_threads_batch=n_threads,
