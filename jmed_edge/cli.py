@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 from dataclasses import dataclass
 
 from jmed_edge import __version__
 from jmed_edge.errors import JmedError
+from jmed_edge.libraries import route_library_output
 
 
 @dataclass(frozen=True)
@@ -104,10 +104,7 @@ def build_parser(selected: str | None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("JMED_EDGE_DEBUG") == "1"
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    route_library_output(debug)
     names = {s.name for s in STAGES}
     selected = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(selected if selected in names else None)

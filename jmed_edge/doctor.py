@@ -54,12 +54,44 @@ def _llama_cpp() -> Check:
         return Check(
             "llama.cpp", FAIL, "llama-cpp-python not installed", "pip install llama-cpp-python==0.3.36"
         )
+    from jmed_edge.cpu import check_bindings, llama_features, this_cpu
+
+    # In a subprocess: a library built for another CPU dies of SIGILL, and must not take us along.
+    bindings = check_bindings()
+    if not bindings.ok:
+        return Check("llama.cpp", FAIL, f"llama-cpp-python {version}: {bindings.detail}",
+                     "rebuild it for this CPU: jmed-edge setup")  # fmt: skip
     import llama_cpp
 
-    info = llama_cpp.llama_print_system_info().decode(errors="replace")
-    features = [f.split(" = ")[0].strip() for f in info.split("|") if f.strip().endswith("= 1")]
     gpu = "GPU offload" if llama_cpp.llama_supports_gpu_offload() else "CPU only"
-    return Check("llama.cpp", OK, f"llama-cpp-python {version}, {gpu}; {', '.join(features) or info.strip()}")
+    features = llama_features(bindings.system_info)
+    return Check(
+        "llama.cpp",
+        OK,
+        f"llama-cpp-python {version}, {gpu}; {', '.join(features)}; CPU: {this_cpu().describe()}",
+    )
+
+
+def _bitsandbytes() -> Check:
+    version = _version("bitsandbytes")
+    if version is None:
+        return Check("bitsandbytes", WARN, "not installed: QLoRA (nf4) unavailable", "pip install bitsandbytes",
+                     required=False)  # fmt: skip
+    import sys
+
+    import bitsandbytes.functional
+    from bitsandbytes.cextension import BNB_BACKEND
+
+    backend = f"{BNB_BACKEND} (its own compiled library"
+    if BNB_BACKEND == "CPU":
+        fused = "with" if bitsandbytes.functional.has_avx512bf16() else "without"
+        backend += f", {fused} the AVX-512 BF16 4-bit kernel"
+    # keep_offline() (run when jmed_edge is imported) blocks the `kernels` hub import.
+    hub = "hub kernels off" if sys.modules.get("kernels", False) is None else "hub kernels NOT blocked"
+    backend += ")"
+    status = OK if "off" in hub else WARN
+    return Check("bitsandbytes", status, f"{version}; backend: {backend} ({hub})", "import jmed_edge first",
+                 required=False)  # fmt: skip
 
 
 def _llama_tools() -> Check:
@@ -139,7 +171,7 @@ CHECKS: tuple[Callable[[], Check], ...] = (
     _library("transformers", "transformers"),
     _library("peft", "peft"),
     _library("accelerate", "accelerate"),
-    _library("bitsandbytes", "bitsandbytes", required=False),
+    _bitsandbytes,
     _llama_cpp,
     _llama_tools,
     _onnxruntime,

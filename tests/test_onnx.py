@@ -26,6 +26,7 @@ from jmed_edge.errors import (
 )
 from jmed_edge.manifest import parent_record, read_manifest
 from jmed_edge.runtimes import GenerationStats, SamplingParams, open_runtime
+from jmed_edge.testing.numerics import ORT_LOGPROB_ATOL
 
 PRECISIONS = ("fp32", "int8", "int4")
 
@@ -294,8 +295,8 @@ def test_scores_agree_with_logits(onnx_llama: dict[str, Path]) -> None:
     finally:
         runtime.close()
     assert score.n_tokens == len(whole) - len(ctx)
-    assert score.logprob == pytest.approx(expected, abs=1e-4)
-    assert again[1].logprob == pytest.approx(score.logprob, abs=1e-4)
+    assert score.logprob == pytest.approx(expected, abs=ORT_LOGPROB_ATOL)
+    assert again[1].logprob == pytest.approx(score.logprob, abs=ORT_LOGPROB_ATOL)
 
 
 @pytest.mark.slow

@@ -14,6 +14,12 @@ import pytest
 from jmed_edge.errors import ArtifactError, DependencyError
 from jmed_edge.runtimes import GenerationStats, SamplingParams, open_runtime
 from jmed_edge.runtimes.base import RUNTIMES, ChatTemplateView, StopMatcher, log_softmax, stream_generation
+from jmed_edge.testing.numerics import (
+    F16_VS_FP32_KL,
+    F16_VS_FP32_OPTION_ATOL,
+    LLAMACPP_CONTINUATION_ATOL,
+    TORCH_LOGPROB_ATOL,
+)
 
 PROBES = [
     "患者は65歳の男性で、高血圧と2型糖尿病の既往がある。",
@@ -68,7 +74,7 @@ def test_logits_agree_between_runtimes(pair) -> None:
     assert a.dtype == b.dtype == np.float32
     p = np.exp(log_softmax(a))
     kl = float((p * (log_softmax(a) - log_softmax(b))).sum(-1).mean())
-    assert kl < 1e-3, kl
+    assert kl < F16_VS_FP32_KL, kl
     assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.95
 
 
@@ -83,7 +89,8 @@ def test_llamacpp_scores_come_from_raw_logits(pair) -> None:
     lp = log_softmax(gguf.logits(full))
     expected = sum(lp[i - 1, full[i]] for i in range(len(ctx), len(full)))
     assert score.n_tokens == len(full) - len(ctx) > 1
-    assert score.logprob == pytest.approx(expected, abs=1e-3)
+    # Scoring and logits() split the batch differently: llama.cpp's own spread, not an error.
+    assert score.logprob == pytest.approx(expected, abs=LLAMACPP_CONTINUATION_ATOL)
 
 
 @pytest.mark.slow
@@ -94,13 +101,15 @@ def test_continuation_scores_agree_and_hf_batching_is_invisible(pair) -> None:
     b = gguf.score_continuations(MCQ, options)
     assert [s.n_tokens for s in a] == [s.n_tokens for s in b]
     assert np.argmax([s.logprob for s in a]) == np.argmax([s.logprob for s in b])
-    assert np.allclose([s.logprob for s in a], [s.logprob for s in b], atol=0.15)
+    assert np.allclose([s.logprob for s in a], [s.logprob for s in b], atol=F16_VS_FP32_OPTION_ATOL)
     # Left padding in a batch of prompts of different lengths changes nothing.
     short = "Q: 1+1?\nA. 2\nB. 3\nAnswer:"
     batched = hf.score_batch([(MCQ, options), (short, [" A", " B"])])
     alone = hf.score_continuations(short, [" A", " B"])
-    assert [s.logprob for s in batched[0]] == pytest.approx([s.logprob for s in a], abs=1e-4)
-    assert [s.logprob for s in batched[1]] == pytest.approx([s.logprob for s in alone], abs=1e-4)
+    assert [s.logprob for s in batched[0]] == pytest.approx([s.logprob for s in a], abs=TORCH_LOGPROB_ATOL)
+    assert [s.logprob for s in batched[1]] == pytest.approx(
+        [s.logprob for s in alone], abs=TORCH_LOGPROB_ATOL
+    )
     # Prompts sharing a long prefix: the prefix runs once and its KV cache is reused; the
     # numbers equal those read off the full logits of each prompt alone.
     letters = [" A", " B", " C", " D"]
@@ -109,7 +118,7 @@ def test_continuation_scores_agree_and_hf_batching_is_invisible(pair) -> None:
         ids = hf.tokenize(context, add_special=True)
         last = log_softmax(hf.logits(ids))[-1]
         expected = [last[hf.tokenize(context + x, add_special=True)[-1]] for x in letters]
-        assert [s.logprob for s in scores] == pytest.approx(expected, abs=1e-4)
+        assert [s.logprob for s in scores] == pytest.approx(expected, abs=TORCH_LOGPROB_ATOL)
 
 
 @pytest.mark.slow

@@ -89,10 +89,7 @@ def _main(args: argparse.Namespace) -> int:
         raise ConfigError(
             "convert needs SRC and --out, e.g.: jmed-edge convert runs/merged --to gguf --out runs/gguf"
         )
-    from jmed_edge.convert.console import quiet_libraries
-
     target = TARGETS.get(args.to)
-    quiet_libraries()
     target(args, console)
     return 0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,14 +13,6 @@ if TYPE_CHECKING:
     from jmed_edge.convert.verify import VerifyResult
 
 _STYLE = {True: "green", False: "bold red", None: "cyan"}
-
-
-def quiet_libraries() -> None:
-    """Silence transformers' own progress bars ("Loading weights"), which would tear rich's.
-
-    Through the environment, so transformers (and torch) are imported only if a step needs them.
-    """
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def print_checks(console: Console, title: str, result: VerifyResult) -> None:

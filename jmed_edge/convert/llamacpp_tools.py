@@ -11,15 +11,20 @@ different version and breaks the converter), and the C++ source of ``llama-imatr
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+from jmed_edge.cpu import CpuInfo, this_cpu
 from jmed_edge.errors import ArtifactError, DependencyError
 from jmed_edge.fsutil import staging_dir
 from jmed_edge.resources import cache_home
@@ -34,6 +39,11 @@ IMATRIX_TOOL = "llama-imatrix"
 # quantize tool built from the same source is the reference its output is checked against.
 QUANTIZE_TOOL = "llama-quantize"
 TOOLS = (IMATRIX_TOOL, QUANTIZE_TOOL)
+BUILD_INFO = "build-info.json"  # the CPU the tools were compiled on (-march=native)
+BUILD_LOG = "build.log"
+# (message, fraction done or None) while setup works; fraction from cmake's "[ 45%]" lines.
+SetupProgress = Callable[[str, float | None], None]
+_PERCENT = re.compile(r"^\s*\[\s*(\d+)%\]")
 
 
 def tools_dir() -> Path:
@@ -73,7 +83,27 @@ def tools_status() -> tuple[bool, str]:
     missing_tools = [t for t in TOOLS if not (tools_dir() / "bin" / t).is_file()]
     if missing_tools:
         return False, f"{', '.join(missing_tools)} not built in {tools_dir() / 'bin'}"
+    if foreign := built_for_another_cpu():
+        return False, foreign
     return True, f"llama.cpp {LLAMA_CPP_PYTHON} converter, {' and '.join(TOOLS)} in {tools_dir()}"
+
+
+def built_for_another_cpu(cpu: CpuInfo | None = None) -> str | None:
+    """Why the built tools cannot run here (compiled on a CPU with instructions this one lacks)."""
+    cpu = cpu or this_cpu()
+    try:
+        info = json.loads((tools_dir() / BUILD_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # a build from before build-info.json existed: nothing to compare
+    if not info.get("native", True) or not cpu.flags:
+        return None  # a portable build (GGML_NATIVE=OFF), or no flags to compare on this OS
+    missing = sorted(set(info.get("isa", [])) - cpu.flags)
+    if not missing:
+        return None
+    return (
+        f"llama.cpp tools in {tools_dir()} were built on another CPU ({info.get('cpu', '?')}) and use "
+        f"{', '.join(missing)}, which this {cpu.model} lacks"
+    )
 
 
 def require_converter() -> Path:
@@ -127,32 +157,61 @@ def _extract(sdist: Path, into: Path) -> Path:
     return roots[0]
 
 
-def _build_tools(source: Path, out_dir: Path, jobs: int) -> None:
+def _run_logged(cmd: list[str], log_path: Path, progress: SetupProgress | None, what: str) -> None:
+    """Run one build command, its output appended to ``log_path``; cmake's step percent reported."""
+    log.info("%s", " ".join(cmd))
+    started, fraction = time.monotonic(), None
+    with open(log_path, "a", encoding="utf-8") as out:
+        out.write(f"$ {' '.join(cmd)}\n")
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+        )
+        assert proc.stdout is not None
+        tail: list[str] = []
+        for line in proc.stdout:
+            out.write(line)
+            tail = [*tail[-2:], line.strip()]
+            if match := _PERCENT.match(line):
+                fraction = int(match.group(1)) / 100
+            if progress:
+                progress(f"{what} ({time.monotonic() - started:.0f} s)", fraction)
+        if proc.wait() != 0:
+            raise DependencyError(
+                f"building llama.cpp tools failed: {' | '.join(tail)}; full log: {log_path}; is cmake/g++ installed?"
+            )
+
+
+def _build_tools(source: Path, out_dir: Path, jobs: int, progress: SetupProgress | None = None) -> None:
     build = source / "build-jmed"
     configure = [
         "cmake", "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
         "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
         "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_OPENSSL=OFF",
     ]  # fmt: skip
-    if flags := os.environ.get("JMED_EDGE_LLAMA_CMAKE_ARGS"):
-        configure += flags.split()  # e.g. -DGGML_CUDA=ON on a GPU workstation
-    for cmd in (configure, ["cmake", "--build", str(build), "--target", *TOOLS, "-j", str(jobs)]):
-        log.info("%s", " ".join(cmd))
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:
-            tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-            raise DependencyError(
-                f"building llama.cpp tools failed: {' | '.join(tail)}; is cmake/g++ installed?"
-            )
+    extra = os.environ.get(
+        "JMED_EDGE_LLAMA_CMAKE_ARGS", ""
+    ).split()  # e.g. -DGGML_CUDA=ON on a GPU workstation
+    configure += extra
     out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = out_dir.parent / BUILD_LOG
+    _run_logged(configure, log_path, progress, "configuring llama.cpp")
+    build_cmd = ["cmake", "--build", str(build), "--target", *TOOLS, "-j", str(jobs)]
+    _run_logged(build_cmd, log_path, progress, f"compiling {' and '.join(TOOLS)}")
     for tool in TOOLS:
         built = next((p for p in build.rglob(tool) if p.is_file()), None)
         if built is None:
             raise DependencyError(f"the build produced no {tool} under {build}")
         shutil.copy2(built, out_dir / tool)
+    cpu = this_cpu()
+    native = not any(a.upper() in ("-DGGML_NATIVE=OFF", "-DGGML_NATIVE=0") for a in extra)
+    info = {"cpu": cpu.describe(), "isa": cpu.isa, "native": native, "cmake_args": extra,
+            "llama_cpp_python": LLAMA_CPP_PYTHON}  # fmt: skip
+    (out_dir.parent / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
 
-def setup_tools(*, force: bool = False, jobs: int | None = None) -> Path:
+def setup_tools(
+    *, force: bool = False, jobs: int | None = None, progress: SetupProgress | None = None
+) -> Path:
     """Fetch the converter files and build ``llama-imatrix``/``llama-quantize`` into :func:`tools_dir` once."""
     installed = _installed_version()
     if installed != LLAMA_CPP_PYTHON:
@@ -169,8 +228,9 @@ def setup_tools(*, force: bool = False, jobs: int | None = None) -> Path:
         )
     dest = tools_dir()
     # Replace an earlier build (converter/, bin/, the cached sdist), never a folder of the user's.
+    ours = ("converter", "bin", BUILD_INFO, BUILD_LOG)
     if dest.is_dir() and not all(
-        p.name in ("converter", "bin") or p.name.startswith("llama_cpp_python-") for p in dest.iterdir()
+        p.name in ours or p.name.startswith("llama_cpp_python-") for p in dest.iterdir()
     ):
         raise ArtifactError(
             f"{dest} holds files jmed-edge did not put there; point JMED_EDGE_LLAMA_CPP_DIR at a new folder"
@@ -180,6 +240,8 @@ def setup_tools(*, force: bool = False, jobs: int | None = None) -> Path:
         tempfile.TemporaryDirectory(prefix="jmed-llama-src-") as work,
         staging_dir(dest, force=True, foreign_ok=True) as tmp,
     ):
+        if progress:
+            progress("fetching the llama-cpp-python source", None)
         sdist = _fetch_sdist(Path(work))
         source = _extract(sdist, Path(work))
         converter = tmp / "converter"
@@ -187,6 +249,17 @@ def setup_tools(*, force: bool = False, jobs: int | None = None) -> Path:
         for part in CONVERTER_PARTS:
             src = source / part
             (shutil.copytree if src.is_dir() else shutil.copy2)(src, converter / part)
-        _build_tools(source, tmp / "bin", jobs or os.cpu_count() or 2)
+        _build_tools(source, tmp / "bin", jobs or os.cpu_count() or 2, progress)
         shutil.copy2(sdist, tmp / sdist.name)  # keeps a rebuild offline
     return dest
+
+
+def rebuild_bindings(progress: SetupProgress | None = None) -> None:
+    """Recompile llama-cpp-python from source for this CPU (its wheel may come from another machine).
+
+    ``--no-cache-dir`` because pip's wheel cache is exactly where a build from another CPU hides.
+    """
+    cmd = [sys.executable, "-m", "pip", "install", "-v", "--force-reinstall", "--no-deps", "--no-cache-dir",
+           "--no-binary", "llama-cpp-python", f"llama-cpp-python=={LLAMA_CPP_PYTHON}"]  # fmt: skip
+    tools_dir().mkdir(parents=True, exist_ok=True)
+    _run_logged(cmd, tools_dir() / BUILD_LOG, progress, "rebuilding llama-cpp-python for this CPU")

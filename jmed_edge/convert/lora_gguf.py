@@ -33,8 +33,10 @@ from jmed_edge.runtimes.base import log_softmax
 log = logging.getLogger(__name__)
 
 LORA_FILE = "adapter-F16.gguf"
-# Mean KL(peft || GGUF base + GGUF LoRA). Measured ~1e-5 with an F16 base and an fp32 peft model;
-# a peft model run in bf16/fp16 (a 7B in its stored dtype) is itself ~1e-4..1e-3 off, so it gets more.
+# Mean KL(peft || GGUF base + GGUF LoRA). Measured ~1e-5 with an F16 base and an fp32 peft model
+# (F16 vs fp32 1.1e-5, llama.cpp's batch/thread/CPU spread 6e-6: jmed_edge/testing/numerics.py),
+# so 1e-3 is ~60x; a peft model run in bf16/fp16 (a 7B in its stored dtype) is itself ~1e-4..1e-3
+# off, so it gets more.
 KL_TOL = {"float32": 1e-3, "bfloat16": 5e-3, "float16": 5e-3}
 MEANINGFUL = 10  # the adapter's own effect must exceed the conversion error this many times
 

@@ -36,11 +36,13 @@ log = logging.getLogger(__name__)
 # GGUF general.file_type of the float types (LLAMA_FTYPE_ALL_F32, MOSTLY_F16, MOSTLY_BF16).
 FLOAT_FILE_TYPES = {0: "F32", 1: "F16", 32: "BF16"}
 # Logit tolerance per float type: max |Δlogit| <= rtol * max |source logit|, mean KL <= kl.
-# Measured against fp32 HF on SmolLM2-135M: F16 max |Δ| 0.6% of the largest logit, KL 1e-5;
-# BF16 (8 bits of mantissa, ~8x coarser) 4.1%, KL 4e-4. A source computed in bf16/fp16 (a 7B
-# loaded in its stored dtype) is itself that coarse, so it gets the BF16 row. A broken
-# conversion (wrong RoPE layout, norm or tensor mapping) is off by KL > 0.1.
-TOLERANCE = {"F32": (0.005, 1e-4), "F16": (0.02, 1e-3), "BF16": (0.1, 5e-3)}
+# Measured against fp32 HF on SmolLM2-135M: F16 max |Δ| 0.52% of the largest logit, KL 1.1e-5;
+# BF16 (8 bits of mantissa, ~8x coarser) 4.1%, KL 4e-4. llama.cpp's own spread (batch split,
+# threads, AVX2 vs AVX-512 build; benchmarks/numerics/spread.py, jmed_edge/testing/numerics.py)
+# adds up to 0.57% and KL 6e-6, so F16 is bounded by 3 x (0.52% + 0.57%) = 3.3%. A source
+# computed in bf16/fp16 (a 7B loaded in its stored dtype) is itself that coarse, so it gets the
+# BF16 row. A broken conversion (wrong RoPE layout, norm or tensor mapping) is off by KL > 0.1.
+TOLERANCE = {"F32": (0.005, 1e-4), "F16": (0.035, 1e-3), "BF16": (0.1, 5e-3)}
 
 
 @dataclass

@@ -55,14 +55,13 @@ def _main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from jmed_edge.artifacts import describe
-    from jmed_edge.convert.console import RichProgress, print_checks, quiet_libraries
+    from jmed_edge.convert.console import RichProgress, print_checks
     from jmed_edge.convert.ggufinfo import read_gguf
     from jmed_edge.convert.lora_gguf import verify_lora
     from jmed_edge.convert.verify import verify_artifact
     from jmed_edge.errors import VerificationError
 
     console = Console()
-    quiet_libraries()
     results = []
     for target in _targets(args.artifact):
         if target.is_file():

@@ -224,7 +224,7 @@ class HFRuntime:
                     input_ids=torch.tensor([sequences[0][:shared]], device=self.device),
                     use_cache=True,
                     logits_to_keep=1,
-                ).past_key_values
+                ).cache
         else:
             shared = 0
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
@@ -258,7 +258,7 @@ class HFRuntime:
                     input_ids=ids.to(self.device),
                     attention_mask=mask.to(self.device),
                     position_ids=positions.to(self.device),
-                    past_key_values=cache,
+                    cache=cache,
                     use_cache=cache is not None,
                     logits_to_keep=1,
                 ).logits
@@ -279,16 +279,14 @@ class HFRuntime:
             multi = [c for c in conts if len(c) > 1]
             tails: dict[int, np.ndarray] = {}
             if multi:
-                cache = out.past_key_values
+                cache = out.cache
                 cache.batch_repeat_interleave(len(multi))
                 width = max(len(c) - 1 for c in multi)
                 # Right padding needs no mask: causal attention never lets a real token see a pad.
                 batch = torch.full((len(multi), width), self._pad_id, dtype=torch.long)
                 for r, c in enumerate(multi):
                     batch[r, : len(c) - 1] = torch.tensor(c[:-1])
-                logits = self.model(
-                    input_ids=batch.to(self.device), past_key_values=cache, use_cache=True
-                ).logits
+                logits = self.model(input_ids=batch.to(self.device), cache=cache, use_cache=True).logits
                 logprobs = torch.log_softmax(logits.float(), -1).cpu().numpy()
                 for r, c in enumerate(multi):
                     tails[id(c)] = logprobs[r, : len(c) - 1]
@@ -326,8 +324,8 @@ class HFRuntime:
             ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
             past = None
             while True:
-                out = self.model(input_ids=ids, past_key_values=past, use_cache=True, logits_to_keep=1)
-                past = out.past_key_values
+                out = self.model(input_ids=ids, cache=past, use_cache=True, logits_to_keep=1)
+                past = out.cache
                 token = self._sample(out.logits[0, -1].float(), history, params, generator)
                 history.append(token)
                 ids = torch.tensor([[token]], device=self.device)

@@ -107,7 +107,7 @@ class LlamaCppRuntime:
         try:
             # llama.cpp rounds the context up to a multiple of 256 but llama-cpp-python sizes its
             # token buffer to the number asked for: ask for the rounded size so both agree.
-            ctx = -(-(n_ctx or DEFAULT_N_CTX) // 256) * 256
+            ctx = -(-(n_ctx or _default_ctx(self.model_path)) // 256) * 256
             self.llm = llama_cpp.Llama(
                 model_path=str(model_path),
                 n_ctx=ctx,
@@ -315,3 +315,22 @@ class LlamaCppRuntime:
         if llm is not None:
             llm.close()
             self.llm = None  # type: ignore[assignment]
+
+
+def _default_ctx(model_path: Path) -> int:
+    """min(training context, DEFAULT_N_CTX), read from the GGUF header before a context exists.
+
+    A context longer than the model was trained for costs KV-cache memory for positions the
+    model cannot use (and llama.cpp warns about it on stderr).
+    """
+    from jmed_edge.convert.ggufinfo import read_gguf
+
+    try:
+        metadata = read_gguf(model_path).metadata
+    except ArtifactError:  # llama.cpp itself says what is wrong with the file
+        return DEFAULT_N_CTX
+    arch = metadata.get("general.architecture", "")
+    train_ctx = metadata.get(f"{arch}.context_length")
+    return (
+        min(int(train_ctx), DEFAULT_N_CTX) if isinstance(train_ctx, int) and train_ctx > 0 else DEFAULT_N_CTX
+    )
