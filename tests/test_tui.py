@@ -156,7 +156,7 @@ def test_help_lists_the_keys_of_every_screen(root: Path):
         assert isinstance(app.screen, HelpScreen)
         from jmed_edge.tui.screens.help import help_markdown
 
-        text = help_markdown("artifacts")
+        text = help_markdown("artifacts", JmedEdgeApp.MODES)
         for shortcut in ("Ctrl+S", "Esc", "Ctrl+T", "Ctrl+X", "Ctrl+R", "Convert to GGUF"):
             assert shortcut in text
         await pilot.press("escape")

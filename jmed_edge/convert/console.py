@@ -10,7 +10,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from jmed_edge.convert.verify import VerifyResult
+    from jmed_edge.convert.checks import VerifyResult
 
 _STYLE = {True: "green", False: "bold red", None: "cyan"}
 

@@ -14,14 +14,13 @@ only when every check passed, so a failed or interrupted run leaves nothing half
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jmed_edge.convert import probes
+from jmed_edge.convert.fingerprint import gguf_fingerprint
 from jmed_edge.convert.ggufinfo import KEY_PRE, read_gguf
 from jmed_edge.convert.imatrix import ImatrixData, compute_imatrix, load_imatrix
 from jmed_edge.convert.llamacpp_convert import check_pre_tokenizer, converter_version, run_converter
@@ -29,6 +28,7 @@ from jmed_edge.convert.progress import LogProgress, Progress
 from jmed_edge.convert.quant_types import DEFAULT_QUANTS, QuantType, parse_quants, quant_type
 from jmed_edge.convert.quantize import quantize_gguf
 from jmed_edge.convert.sources import HFSource, check_hf_source, resolve_source
+from jmed_edge.convert.verify import verify_artifact
 from jmed_edge.errors import ArtifactError, ConfigError
 from jmed_edge.fsutil import ensure_free_space, human_bytes, staging_dir, staging_file
 from jmed_edge.manifest import MANIFEST_NAME, Manifest, parent_record, read_manifest
@@ -41,30 +41,6 @@ IMATRIX_FILE = "imatrix-medical-ja-en.gguf"
 
 def gguf_file_name(quant: str) -> str:
     return f"model-{quant.upper()}.gguf"
-
-
-def gguf_fingerprint(
-    parent_sha256: str,
-    quant: str,
-    imatrix: str | None,
-    outtype: str,
-    converter: str | None = None,
-    pre_tokenizer: str | None = None,
-) -> str:
-    """What an artifact's content depends on, hashed: equal fingerprints mean "up to date".
-
-    ``imatrix``: the imatrix file's sha256, ``"auto:<calibration sha256>"`` for one computed
-    from the shipped calibration text, or None when the type uses none.
-    """
-    payload = {
-        "parent": parent_sha256,
-        "quant": quant.upper(),
-        "imatrix": imatrix,
-        "outtype": outtype.lower(),
-        "converter": converter or converter_version(),
-        "pre_tokenizer": pre_tokenizer,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def up_to_date(folder: Path, fingerprint: str) -> bool:
@@ -120,7 +96,6 @@ def _refuse_existing(folders: list[Path], force: bool) -> None:
 
 
 def _verify(staged: Path, dest: Path, source: HFSource, progress: Progress, **kw: Any) -> dict[str, Any]:
-    from jmed_edge.convert.verify import verify_artifact
 
     progress.task(f"{dest.name}: verifying against {source.path.name}")
     result = verify_artifact(staged, against=source.path, **kw)

@@ -20,11 +20,12 @@ import numpy as np
 
 from jmed_edge.artifacts import describe
 from jmed_edge.convert import probes
+from jmed_edge.convert.checks import FLOAT_FILE_TYPES, Check, VerifyResult, float_parent
+from jmed_edge.convert.fingerprint import gguf_fingerprint
 from jmed_edge.convert.ggufinfo import KEY_FILE_TYPE, KEY_TYPE, probe_load, read_gguf
 from jmed_edge.convert.kl import open_for_checks
 from jmed_edge.convert.llamacpp_convert import converter_version, run_converter
 from jmed_edge.convert.progress import LogProgress, Progress
-from jmed_edge.convert.verify import FLOAT_FILE_TYPES, Check, VerifyResult, float_parent
 from jmed_edge.errors import ArtifactError, ModelError
 from jmed_edge.fsutil import human_bytes, staging_dir
 from jmed_edge.manifest import Manifest, parent_record, read_manifest
@@ -209,8 +210,6 @@ def convert_lora(
 
 
 def _fingerprint(parent_sha256: str) -> str:
-    from jmed_edge.convert.gguf import gguf_fingerprint
-
     return gguf_fingerprint(parent_sha256, "LORA-F16", None, "f16")
 
 

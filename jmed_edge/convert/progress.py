@@ -10,7 +10,7 @@ import logging
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from jmed_edge.convert.verify import VerifyResult
+    from jmed_edge.convert.checks import VerifyResult
 
 log = logging.getLogger("jmed_edge.convert")
 

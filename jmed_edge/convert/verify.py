@@ -15,26 +15,23 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from jmed_edge.artifacts import describe
 from jmed_edge.convert import probes
+from jmed_edge.convert.checks import FLOAT_FILE_TYPES, Check, VerifyResult, float_parent, parent_path
 from jmed_edge.convert.ggufinfo import KEY_FILE_TYPE, GGUFInfo, probe_load, read_gguf
 from jmed_edge.convert.kl import kl_against, open_for_checks
-from jmed_edge.errors import ArtifactError, VerificationError
-from jmed_edge.manifest import check_files, read_manifest
+from jmed_edge.errors import ArtifactError
+from jmed_edge.manifest import check_files
 from jmed_edge.runtimes.base import log_softmax
 
 __all__ = ["Check", "VerifyResult", "kl_against", "verify_artifact"]
 
 log = logging.getLogger(__name__)
 
-# GGUF general.file_type of the float types (LLAMA_FTYPE_ALL_F32, MOSTLY_F16, MOSTLY_BF16).
-FLOAT_FILE_TYPES = {0: "F32", 1: "F16", 32: "BF16"}
 # Logit tolerance per float type: max |Δlogit| <= rtol * max |source logit|, mean KL <= kl.
 # Measured against fp32 HF on SmolLM2-135M: F16 max |Δ| 0.52% of the largest logit, KL 1.1e-5;
 # BF16 (8 bits of mantissa, ~8x coarser) 4.1%, KL 4e-4. llama.cpp's own spread (batch split,
@@ -45,89 +42,20 @@ FLOAT_FILE_TYPES = {0: "F32", 1: "F16", 32: "BF16"}
 TOLERANCE = {"F32": (0.005, 1e-4), "F16": (0.035, 1e-3), "BF16": (0.1, 5e-3)}
 
 
-@dataclass
-class Check:
-    name: str
-    passed: bool | None  # None: measured and recorded, not pass/fail
-    detail: str
-    values: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def mark(self) -> str:
-        return {True: "✓", False: "✗", None: "•"}[self.passed]
-
-
-@dataclass
-class VerifyResult:
-    artifact: Path
-    against: Path | None
-    checks: list[Check] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def passed(self) -> bool:
-        return all(c.passed is not False for c in self.checks)
-
-    @property
-    def failures(self) -> list[Check]:
-        return [c for c in self.checks if c.passed is False]
-
-    def check(self, name: str) -> Check | None:
-        return next((c for c in self.checks if c.name == name), None)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "against": str(self.against) if self.against else None,
-            "seconds": round(self.seconds, 2),
-            "checks": [
-                {"name": c.name, "passed": c.passed, "detail": c.detail, **c.values} for c in self.checks
-            ],
-        }
-
-    def raise_for_failures(self) -> None:
-        if self.passed:
-            return
-        first = self.failures[0]
-        error = VerificationError(
-            f"{self.artifact} failed verification against {self.against}: {first.name}: {first.detail}"
-            + (f" (and {len(self.failures) - 1} more failed checks)" if len(self.failures) > 1 else "")
-        )
-        error.result = self  # type: ignore[attr-defined]  # the CLI prints every check
-        raise error
-
-
 # --- finding what to check against -------------------------------------------------------------
-
-
-def _parent_path(artifact: Path) -> tuple[Path | None, str | None]:
-    manifest = read_manifest(artifact, required=False)
-    if manifest is None or not manifest.parent:
-        return None, None
-    return Path(manifest.parent.get("path", "")), manifest.parent.get("kind")
 
 
 def source_of(artifact: Path) -> Path | None:
     """The Hugging Face folder at the root of ``artifact``'s manifest parent chain, if still there."""
     current: Path | None = Path(artifact)
     for _ in range(8):
-        parent, _kind = _parent_path(current)  # type: ignore[arg-type]
+        parent, _kind = parent_path(current)  # type: ignore[arg-type]
         if parent is None or not parent.exists():
             return None
         if (parent / "config.json").exists():
             return parent
         current = parent
     return None
-
-
-def float_parent(artifact: Path) -> Path | None:
-    """The F16/BF16/F32 GGUF artifact a quantized artifact was made from, if still there."""
-    parent, kind = _parent_path(artifact)
-    if parent is None or kind != "gguf" or not parent.exists():
-        return None
-    info = describe(parent)
-    file_type = read_gguf(info.model_file).get(KEY_FILE_TYPE)  # type: ignore[arg-type]
-    return parent if file_type in FLOAT_FILE_TYPES else None
 
 
 def _hf_tokenizer(src: Path):
@@ -310,10 +238,8 @@ def verify_artifact(
             Path(artifact)
         )  # a one-line error for a truncated or corrupt file, before anything reads it
     info = describe(Path(artifact))
-    if info.format == "gguf-lora":
-        from jmed_edge.convert.lora_gguf import verify_lora
-
-        return verify_lora(info.path, record=record)
+    if info.format == "gguf-lora":  # checked against peft, not a source model: see lora_gguf
+        raise ArtifactError(f"{artifact} is a GGUF LoRA adapter; check it with: jmed-edge verify {artifact}")
     if info.format != "gguf" or info.model_file is None:
         raise ArtifactError(f"{artifact} is a {info.format} artifact; verify checks GGUF files")
     if info.manifest is not None and (problems := check_files(info.folder, info.manifest)):

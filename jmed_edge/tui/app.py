@@ -138,7 +138,7 @@ class JmedEdgeApp(App[None]):
         if isinstance(self.screen, HelpScreen):
             self.screen.dismiss()
         else:
-            self.push_screen(HelpScreen(self.current_mode))
+            self.push_screen(HelpScreen(self.current_mode, self.MODES))
 
     def open_with(self, mode: str, artifact: ArtifactView) -> None:
         """Switch to ``mode`` with ``artifact`` chosen there (chat with it, bench it)."""

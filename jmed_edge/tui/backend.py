@@ -112,9 +112,14 @@ class Backend:
             result = verify_onnx(Path(artifact), raise_on_failure=False, record=True)
             result.raise_if_failed()
             return result
-        from jmed_edge.convert.verify import verify_artifact
+        if describe(Path(artifact)).format == "gguf-lora":
+            from jmed_edge.convert.lora_gguf import verify_lora
 
-        result = verify_artifact(Path(artifact), record=True)
+            result = verify_lora(Path(artifact), record=True)
+        else:
+            from jmed_edge.convert.verify import verify_artifact
+
+            result = verify_artifact(Path(artifact), record=True)
         result.raise_for_failures()
         return result
 

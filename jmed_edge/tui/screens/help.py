@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from rich.markdown import Markdown as RichMarkdown
 from textual.app import ComposeResult
@@ -32,13 +33,11 @@ def _key_name(keys: str) -> str:
     return " / ".join(one(k) for k in keys.split(","))
 
 
-def help_markdown(current: str) -> str:
-    from jmed_edge.tui.app import JmedEdgeApp
-
+def help_markdown(current: str, modes: Mapping[str, Any]) -> str:
+    """The help page: global keys, then each screen of ``modes`` (the app's), the current first."""
     parts = ["# jmed-edge tui", "", "| key | action |", "|---|---|"]
     parts += [f"| {k} | {what} |" for k, what in GLOBAL_KEYS]
-    modes = sorted(JmedEdgeApp.MODES.items(), key=lambda kv: kv[0] != current)
-    for _mode, screen in modes:
+    for _mode, screen in sorted(modes.items(), key=lambda kv: kv[0] != current):
         parts += ["", f"## {screen.TITLE}", "", screen.HELP.strip(), "", "| key | action |", "|---|---|"]
         for binding in screen.BINDINGS:
             if isinstance(binding, Binding) and binding.description:
@@ -49,14 +48,15 @@ def help_markdown(current: str) -> str:
 class HelpScreen(ModalScreen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,q,f1,question_mark", "dismiss", "Close")]
 
-    def __init__(self, current: str) -> None:
+    def __init__(self, current: str, modes: Mapping[str, Any]) -> None:
         super().__init__()
         self.current = current
+        self.modes = modes
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help-box"):
             # Rich's Markdown renderer: a page of tables draws far faster than Textual's widget one.
-            yield Static(RichMarkdown(help_markdown(self.current)), id="help-text")
+            yield Static(RichMarkdown(help_markdown(self.current, self.modes)), id="help-text")
         yield Static("Esc closes this help", id="help-hint")
 
     def action_dismiss(self) -> None:
