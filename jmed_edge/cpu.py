@@ -88,14 +88,25 @@ def missing_instructions(features: list[str], cpu: CpuInfo | None = None) -> lis
     return [f for f in features if f in LLAMA_FEATURE_FLAGS and LLAMA_FEATURE_FLAGS[f] not in cpu.flags]
 
 
+def unused_instructions(features: list[str], cpu: CpuInfo | None = None) -> list[str]:
+    """Instruction sets this CPU has that a llama.cpp build was not compiled for (it runs, slower).
+
+    Typical cause: a wheel built on an older machine, or with GGML_NATIVE=OFF.
+    """
+    cpu = cpu or this_cpu()
+    have = set(features)
+    return [name for name, flag in LLAMA_FEATURE_FLAGS.items() if flag in cpu.flags and name not in have]
+
+
 _SYSTEM_INFO = "import llama_cpp; print(llama_cpp.llama_print_system_info().decode(errors='replace'))"
 
 
 @dataclass(frozen=True)
 class BindingsCheck:
-    ok: bool
+    ok: bool  # loads and uses no instruction this CPU lacks
     system_info: str
     detail: str
+    unused: tuple[str, ...] = ()  # instruction sets this CPU has and the build does not use
 
 
 def check_bindings(timeout: float = 60) -> BindingsCheck:
@@ -116,4 +127,6 @@ def check_bindings(timeout: float = 60) -> BindingsCheck:
         return BindingsCheck(
             False, info, f"built for a CPU with {', '.join(missing)}, which {this_cpu().model} lacks"
         )
-    return BindingsCheck(True, info, "")
+    unused = tuple(unused_instructions(llama_features(info)))
+    detail = f"built without {', '.join(unused)}, which this CPU has (slower)" if unused else ""
+    return BindingsCheck(True, info, detail, unused)

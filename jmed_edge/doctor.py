@@ -65,11 +65,11 @@ def _llama_cpp() -> Check:
 
     gpu = "GPU offload" if llama_cpp.llama_supports_gpu_offload() else "CPU only"
     features = llama_features(bindings.system_info)
-    return Check(
-        "llama.cpp",
-        OK,
-        f"llama-cpp-python {version}, {gpu}; {', '.join(features)}; CPU: {this_cpu().describe()}",
-    )
+    detail = f"llama-cpp-python {version}, {gpu}; {', '.join(features)}; CPU: {this_cpu().describe()}"
+    if bindings.unused:
+        return Check("llama.cpp", WARN, f"{detail}; {bindings.detail}", "rebuild it for this CPU: jmed-edge setup",
+                     required=False)  # fmt: skip
+    return Check("llama.cpp", OK, detail)
 
 
 def _bitsandbytes() -> Check:
@@ -98,7 +98,8 @@ def _llama_tools() -> Check:
     from jmed_edge.convert.llamacpp_tools import tools_status
 
     ready, detail = tools_status()
-    return Check("llama.cpp converter + imatrix", OK if ready else FAIL, detail, "run: jmed-edge setup")
+    status = (OK if "slower" not in detail else WARN) if ready else FAIL
+    return Check("llama.cpp converter + imatrix", status, detail, "run: jmed-edge setup")
 
 
 def _onnxruntime() -> Check:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,16 +63,23 @@ def _main(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     bindings = check_bindings()
-    if not bindings.ok:
+    override = os.environ.get("LLAMA_CPP_LIB_PATH")  # a library the user chose: reported, not replaced
+    if (not bindings.ok or bindings.unused) and not override:
         console.print(
-            f"[yellow]![/] llama-cpp-python: {bindings.detail}; rebuilding it from source (~20 min)"
+            f"[yellow]![/] llama-cpp-python: {bindings.detail}; rebuilding it from source for this CPU (~20 min)",
+            highlight=False,
         )
         with _build_progress(console) as progress:
             rebuild_bindings(progress)
-        if not (after := check_bindings()).ok:
+        after = check_bindings()
+        if not after.ok:
             from jmed_edge.errors import DependencyError
 
             raise DependencyError(f"llama-cpp-python still does not run here after a rebuild: {after.detail}")
+        if after.unused:  # the compiler does not know them: it runs, and that is all a rebuild can do
+            console.print(f"[yellow]![/] llama-cpp-python: {after.detail} (this compiler does not emit them)")
+    elif bindings.detail:
+        console.print(f"[yellow]![/] llama-cpp-python from LLAMA_CPP_LIB_PATH={override}: {bindings.detail}")
     force = args.force
     if foreign := built_for_another_cpu():
         console.print(f"[yellow]![/] {foreign}; rebuilding them for this CPU")

@@ -62,6 +62,23 @@ def test_tools_from_another_cpu_are_not_ready(tools: Path) -> None:
     assert llamacpp_tools.built_for_another_cpu(AVX2_CPU) is None  # a portable build runs anywhere
 
 
+def test_tools_built_without_this_cpus_instructions_run_but_are_rebuilt(tools: Path) -> None:
+    info = {"cpu": "AMD Ryzen 7 5800X (avx2)", "isa": sorted(AVX2_CPU.flags), "native": True}
+    (tools / llamacpp_tools.BUILD_INFO).write_text(json.dumps(info))
+    avx512 = CpuInfo("Intel Xeon", AVX2_CPU.flags | {"avx512f", "avx512bw", "avx512vl"})
+    why = llamacpp_tools.built_for_another_cpu(avx512)
+    assert why is not None and "without avx512bw, avx512f, avx512vl, which this Intel Xeon has" in why
+
+
+def test_bindings_built_without_avx512_are_named_slower() -> None:
+    from jmed_edge.cpu import unused_instructions
+
+    avx2_build = llama_features(AVX512_INFO.split("| AVX512 =")[0])
+    avx512 = CpuInfo("Intel Xeon", AVX2_CPU.flags | {"avx512f", "avx512_vnni"})
+    assert unused_instructions(avx2_build, avx512) == ["AVX512", "AVX512_VNNI"]
+    assert unused_instructions(llama_features(AVX512_INFO), avx512) == []
+
+
 def test_setup_rebuilds_tools_from_another_cpu_with_one_line(tools, monkeypatch, run_cli) -> None:
     calls, foreign = [], ["built on another CPU (X)"]  # until the rebuild
     monkeypatch.setattr(
@@ -104,3 +121,20 @@ def test_setup_progress_off_a_terminal_prints_tenths(capsys: pytest.CaptureFixtu
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 11 and lines[0].startswith("  compiling llama-imatrix 0%, ")
     assert lines[-1].startswith("  compiling llama-imatrix 100%, ") and "s elapsed" in lines[-1]
+
+
+def test_setup_rebuilds_bindings_that_would_crash_here(tools, monkeypatch, run_cli) -> None:
+    import jmed_edge.cpu as cpu
+    from jmed_edge.cpu import BindingsCheck
+
+    checks = [BindingsCheck(False, "", "built for a CPU with AVX512, which this CPU lacks"), check_bindings()]
+    rebuilt = []
+    monkeypatch.delenv("LLAMA_CPP_LIB_PATH", raising=False)
+    monkeypatch.setattr(cpu, "check_bindings", lambda: checks.pop(0))
+    monkeypatch.setattr(llamacpp_tools, "rebuild_bindings", lambda progress=None: rebuilt.append(True))
+    monkeypatch.setattr(llamacpp_tools, "built_for_another_cpu", lambda cpu=None: None)  # the tools fit
+    code, _, err = run_cli("setup")
+    assert code == 0 and rebuilt == [True] and not checks
+    assert "llama-cpp-python: built for a CPU with AVX512, which this CPU lacks; rebuilding it" in " ".join(
+        err.split()
+    )

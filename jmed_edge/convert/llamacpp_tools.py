@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from jmed_edge.cpu import CpuInfo, this_cpu
+from jmed_edge.cpu import ISA_FLAGS, CpuInfo, this_cpu
 from jmed_edge.errors import ArtifactError, DependencyError
 from jmed_edge.fsutil import staging_dir
 from jmed_edge.resources import cache_home
@@ -83,13 +83,15 @@ def tools_status() -> tuple[bool, str]:
     missing_tools = [t for t in TOOLS if not (tools_dir() / "bin" / t).is_file()]
     if missing_tools:
         return False, f"{', '.join(missing_tools)} not built in {tools_dir() / 'bin'}"
-    if foreign := built_for_another_cpu():
+    if (foreign := built_for_another_cpu()) and "lacks" in foreign:  # would die of SIGILL here
         return False, foreign
-    return True, f"llama.cpp {LLAMA_CPP_PYTHON} converter, {' and '.join(TOOLS)} in {tools_dir()}"
+    ready = f"llama.cpp {LLAMA_CPP_PYTHON} converter, {' and '.join(TOOLS)} in {tools_dir()}"
+    return True, f"{ready}; {foreign} (slower; jmed-edge setup rebuilds them)" if foreign else ready
 
 
 def built_for_another_cpu(cpu: CpuInfo | None = None) -> str | None:
-    """Why the built tools cannot run here (compiled on a CPU with instructions this one lacks)."""
+    """Why the built tools do not fit this CPU: they use instructions it lacks (they crash), or
+    lack instructions it has (they run slower). None when they fit or nothing can be compared."""
     cpu = cpu or this_cpu()
     try:
         info = json.loads((tools_dir() / BUILD_INFO).read_text(encoding="utf-8"))
@@ -97,13 +99,18 @@ def built_for_another_cpu(cpu: CpuInfo | None = None) -> str | None:
         return None  # a build from before build-info.json existed: nothing to compare
     if not info.get("native", True) or not cpu.flags:
         return None  # a portable build (GGML_NATIVE=OFF), or no flags to compare on this OS
-    missing = sorted(set(info.get("isa", [])) - cpu.flags)
-    if not missing:
-        return None
-    return (
-        f"llama.cpp tools in {tools_dir()} were built on another CPU ({info.get('cpu', '?')}) and use "
-        f"{', '.join(missing)}, which this {cpu.model} lacks"
-    )
+    built_for = set(info.get("isa", []))
+    if missing := sorted(built_for - cpu.flags):
+        return (
+            f"llama.cpp tools in {tools_dir()} were built on another CPU ({info.get('cpu', '?')}) and use "
+            f"{', '.join(missing)}, which this {cpu.model} lacks"
+        )
+    if unused := sorted((cpu.flags & ISA_FLAGS) - built_for):
+        return (
+            f"llama.cpp tools in {tools_dir()} were built on another CPU ({info.get('cpu', '?')}) without "
+            f"{', '.join(unused)}, which this {cpu.model} has"
+        )
+    return None
 
 
 def require_converter() -> Path:
