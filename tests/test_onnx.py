@@ -16,6 +16,7 @@ import pytest
 from jmed_edge.convert.onnx import OnnxOptions, convert_to_onnx, onnx_fingerprint, verify_onnx
 from jmed_edge.convert.onnx.genai_builder import SUPPORTED_ARCHITECTURES, builder_extra_options
 from jmed_edge.convert.onnx.options import check_request, parse_option_pairs
+from jmed_edge.convert.probes import TOKENIZER_PROBES, TOKENIZER_STRESS
 from jmed_edge.errors import (
     ArtifactError,
     ConfigError,
@@ -317,6 +318,9 @@ def test_up_to_date_folders_are_not_rebuilt(onnx_llama: dict[str, Path], tiny_ll
 def test_verify_onnx_against_the_wrong_source_fails(onnx_llama: dict[str, Path], tiny_qwen2: Path) -> None:
     result = verify_onnx(onnx_llama["int8"])  # source found through the manifest
     assert result.passed and any(line.startswith("· KL vs source (ja") for line in result.lines())
+    # The ONNX folder carries the source's own tokenizer: exact on the exam-text stress set too.
+    n = len(TOKENIZER_PROBES) + len(TOKENIZER_STRESS)
+    assert f"✓ tokenizer (ja+en probes, stress set): {n}/{n} probes" in "\n".join(result.lines())
     with pytest.raises(VerificationError) as err:
         verify_onnx(onnx_llama["fp32"], tiny_qwen2)
     assert "does not match" in str(err.value) and "tokenizer" in str(err.value)

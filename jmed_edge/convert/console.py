@@ -16,7 +16,8 @@ _STYLE = {True: "green", False: "bold red", None: "cyan"}
 
 
 def print_checks(console: Console, title: str, result: VerifyResult) -> None:
-    console.print(f"[bold]{title}[/] checked against {result.against}")
+    against = result.against or "its own tokenizer metadata"
+    console.print(f"[bold]{title}[/] checked against {against}")
     for check in result.checks:
         style = _STYLE[check.passed]
         console.print(f"  [{style}]{check.mark}[/] {check.name}: {check.detail}", highlight=False)

@@ -165,6 +165,33 @@ def read_gguf(path: Path) -> GGUFInfo:
     return GGUFInfo(path, metadata, len(tensors), n_params, n_bytes)
 
 
+def write_vocab_only(src: Path, dst: Path, overrides: dict[str, str]) -> Path:
+    """Copy ``src``'s metadata (no tensors) to ``dst``, string fields in ``overrides`` replaced.
+
+    What llama.cpp's ``vocab_only`` load reads (its own ggml-vocab-*.gguf test files have this
+    shape): a few kilobytes to megabytes, so trying a tokenizer setting costs no model load.
+    """
+    with open(src, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        header = _Header(buf)
+        header.pos = 4
+        version, _n_tensors, n_kv = header.take("<I"), header.take("<Q"), header.take("<Q")
+        out = bytearray(b"GGUF" + struct.pack("<IQQ", version, 0, n_kv))
+        for _ in range(n_kv):
+            start = header.pos
+            key = header.string()
+            vtype = header.take("<I")
+            header.value(vtype)
+            if key in overrides and vtype == _STRING:
+                raw_key, new = key.encode(), overrides[key].encode()
+                out += (
+                    _U64.pack(len(raw_key)) + raw_key + struct.pack("<I", _STRING) + _U64.pack(len(new)) + new
+                )
+            else:
+                out += buf[start : header.pos]
+    dst.write_bytes(bytes(out))
+    return dst
+
+
 _PROBE = """
 import sys, llama_cpp
 kw = dict(model_path=sys.argv[1], n_ctx=64, n_batch=64, verbose=False)

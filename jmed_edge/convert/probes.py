@@ -54,6 +54,74 @@ TOKENIZER_PROBES: tuple[str, ...] = (
     "SpO2 94%、体温38.5℃、±5%、≧3回/日 → 改善",
 )
 
+# A bilingual medical stress set: what exam text is made of and plain prose is not. Numbered
+# statements with circled and parenthesised numbers (with and without a space before them),
+# full-width and half-width letters and digits, Japanese and ASCII punctuation side by side,
+# runs of spaces and newlines, tables flattened with tabs and newlines, units and formulas,
+# Greek letters, super- and subscripts, drug names in katakana and Latin. Measured, not failing:
+# a divergence here is shown with the pieces from both sides and counted by pattern.
+TOKENIZER_STRESS: tuple[str, ...] = (
+    # circled and parenthesised numbers, as numbered statements and answer boxes
+    "正しいのはどれか。2つ選べ。 ① 血圧上昇 ② 徐脈 ③ 散瞳 ④ 発汗 ⑤ 尿閉",
+    "①と②は正しい。③④⑤は誤り。",
+    "次の記述のうち誤っているのはどれか。 ⑴ 肝硬変 ⑵ 胆石症 ⑶ 膵炎",
+    "(1) 抗凝固療法 (2) 抗血小板療法 (3) 血栓溶解療法",
+    "（１）問診（２）視診（３）触診（４）打診（５）聴診",
+    "a ①②  b ①⑤  c ②③  d ③④  e ④⑤",
+    "㈠ 主訴 ㈡ 現病歴 ㈢ 既往歴",
+    "Which are correct? ① tachycardia ② bradycardia ③ mydriasis",
+    # answer letters, full-width and half-width
+    "ａ　ｂ　ｃ　ｄ　ｅ",
+    "a．心房細動 b．心室細動 c．房室ブロック d．洞不全症候群 e．WPW症候群",
+    "正答：ｃ，ｅ",
+    "Ａ群β溶血性連鎖球菌",
+    # full-width and half-width digits and letters in lab values
+    "ＡＳＴ　１２０　Ｕ／Ｌ、ＡＬＴ　９８　Ｕ／Ｌ、γ－ＧＴＰ　２５０　Ｕ／Ｌ",
+    "ＡＳＴ 120 U/L、ALT ９８ U/L、LDH 4５0 U/L",
+    "血清Ｎａ　１３２　ｍＥｑ／Ｌ、Ｋ　５．８　ｍＥｑ／Ｌ",
+    # Japanese and ASCII punctuation mixes
+    "「胸が苦しい」と訴え、来院した。",
+    "既往歴：高血圧（10年前から）、糖尿病(5年前から)。",
+    "発熱・咳嗽・呼吸困難を認める…。",
+    "診断は?  治療は？  予後は!?",
+    "【症例】65歳、男性。【主訴】胸痛。",
+    "〔検査所見〕尿所見：蛋白（＋）、糖（－）、潜血（±）。",
+    # runs of spaces and newlines
+    "患者は65歳の男性。\n\n1. 既往歴\n2. 家族歴",
+    "表\n\n\n1.",
+    "Findings:\n\n1. fever\n\n2. cough",
+    "a\n\n\n\nb",
+    "BP  152/94  mmHg   HR  110/min",
+    "    四つの空白で始まる行",
+    "end of line   \n",
+    # tables flattened with tabs and newlines
+    "検査項目\t結果\t基準値\nWBC\t12,000/μL\t3,300-8,600\nHb\t9.8 g/dL\t13.7-16.8",
+    "Test\tResult\tUnit\nCRP\t3.2\tmg/dL\nPLT\t15×10⁴\t/μL",
+    "|項目|値|\n|---|---|\n|Na|140|",
+    # units and formulas
+    "血糖 126 mg/dL、HbA1c 6.5%、eGFR 45 mL/分/1.73 m²",
+    "白血球 12,000/μL、血小板 15×10⁴/μL、赤血球 420×10⁴/μL",
+    "体温 38.5℃、SpO₂ 94%（室内気）",
+    "Na⁺ 140 mEq/L, K⁺ 4.2 mEq/L, Ca²⁺ 9.1 mg/dL, HCO₃⁻ 18 mEq/L",
+    "PaO₂ 60 Torr、PaCO₂ 45 Torr、pH 7.32",
+    "ビタミンB₁₂ 200 pg/mL、葉酸 3.1 ng/mL、μg、mEq、IU/L",
+    "BMI = 体重(kg) ÷ 身長(m)²",
+    "2×10³/μL ≦ x ＜ 5×10³/μL",
+    # Greek letters
+    "α遮断薬、β遮断薬、γ-グロブリン、δ波、Δp",
+    "β₂刺激薬とα₁遮断薬",
+    "TNF-α, IFN-γ, IL-1β",
+    # drug names in katakana and Latin
+    "アムロジピン、エナラプリル、カンデサルタン、ヒドロクロロチアジド",
+    "amlodipine, enalapril, candesartan, hydrochlorothiazide",
+    "ワルファリン（warfarin）とダビガトラン（dabigatran）",
+    "ｱﾑﾛｼﾞﾋﾟﾝ 5mg 1錠 分1 朝食後",
+    # mixed exam-style stems
+    "112A-23 65歳の男性。息切れを主訴に来院した。",
+    "第116回医師国家試験　問題Ｂ－１５",
+    "A 45-year-old woman (BMI 32 kg/m²) presents with HbA1c 8.1%.",
+)
+
 # Prompts whose next-token logits are compared (F16/BF16 GGUF against the source model).
 LOGIT_PROBES: tuple[str, ...] = (
     "患者は65歳の男性で、高血圧と2型糖尿病の既往がある。胸痛を主訴に",

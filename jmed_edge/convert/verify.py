@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -101,6 +104,69 @@ def check_tokenizer(tok, runtime, pre_tokenizer: str | None) -> Check:
     )
     values["failing_probes"] = [m[0] for m in mismatches]
     return Check("tokenizer parity", False, detail, values)
+
+
+def check_tokenizer_texts(
+    tok, runtime, texts: Sequence[tuple[str | None, str]], name: str, gguf_file: Path | None = None,
+    try_pre: bool = False,
+) -> Check:  # fmt: skip
+    """Measured (never failing): identical ids on ``texts``, divergences grouped by pattern.
+
+    With ``try_pre``, every pre-tokenizer llama.cpp's converter knows is tried on the same texts
+    and the best is named (not applied: that is the user's re-conversion to make).
+    """
+    from jmed_edge.convert.tokenizer_parity import compare, hf_side, known_pre_tokenizers, try_pre_tokenizers
+
+    hf_tokenize, pieces, decode = hf_side(tok)
+    report = compare(texts, hf_tokenize, lambda t: runtime.tokenize(t, add_special=False), pieces, decode)
+    values: dict[str, Any] = report.to_dict()
+    detail = report.summary()
+    if report.divergences and try_pre and gguf_file is not None:
+        from jmed_edge.convert.llamacpp_tools import converter_dir
+
+        unique = list(dict.fromkeys(t for _, t in texts))
+        trial = try_pre_tokenizers(gguf_file, unique, hf_tokenize, known_pre_tokenizers(converter_dir()))
+        values["pre_tokenizer_trial"] = asdict(trial)
+        detail += f"; {trial.describe()}"
+    elif report.divergences:
+        detail += "; `jmed-edge verify --try-pre-tokenizers` tries the other pre-tokenizers"
+    return Check(name, None, detail, values)
+
+
+def verify_tokenizer_only(
+    gguf_file: Path,
+    parity_texts: dict[str, Sequence[tuple[str | None, str]]] | None = None,
+    try_pre: bool = False,
+    started: float | None = None,
+) -> VerifyResult:
+    """A bare GGUF with no Hugging Face source here: llama.cpp's tokenizer against one rebuilt
+    from the GGUF's own tokenizer metadata by transformers. It finds llama.cpp's splitting
+    differences, not a metadata error the two would share; logits cannot be checked."""
+    from transformers import AutoTokenizer
+
+    started = time.perf_counter() if started is None else started
+    result = VerifyResult(gguf_file, None)
+    result.checks.append(Check("source", None, "no Hugging Face source on this machine (pass --against SRC): "
+                               "tokenizer compared with the one transformers rebuilds from the GGUF's metadata; "
+                               "logits, chat template and quantization loss not checked"))  # fmt: skip
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+    except Exception as exc:  # transformers reads tokenizers of some architectures only
+        raise ArtifactError(
+            f"{gguf_file} names no Hugging Face source and transformers cannot rebuild its tokenizer "
+            f"({type(exc).__name__}: {exc}); pass --against SRC"
+        ) from exc
+    runtime = open_for_checks(gguf_file)
+    try:
+        sets = {"tokenizer parity (probes)": [(None, t) for t in probes.TOKENIZER_PROBES],
+                "tokenizer stress set": [(None, t) for t in probes.TOKENIZER_STRESS],
+                **{f"tokenizer parity on {k}": v for k, v in (parity_texts or {}).items()}}  # fmt: skip
+        for name, texts in sets.items():
+            result.checks.append(check_tokenizer_texts(tok, runtime, texts, name, gguf_file, try_pre))
+    finally:
+        runtime.close()
+    result.seconds = time.perf_counter() - started
+    return result
 
 
 def check_chat(tok, runtime, gguf: GGUFInfo) -> Check:
@@ -226,11 +292,15 @@ def verify_artifact(
     reference: Path | None = None,
     texts_by_lang: dict[str, str] | None = None,
     record: bool = False,
+    parity_texts: dict[str, Sequence[tuple[str | None, str]]] | None = None,
+    try_pre_tokenizers: bool = False,
 ) -> VerifyResult:
     """Verify a GGUF artifact against its Hugging Face source (default: its manifest's parent chain).
 
     ``reference``: the F16/BF16 GGUF a quantized artifact is measured against (default: its
     manifest parent). ``record``: write the result into the artifact's manifest.
+    ``parity_texts``: more texts to measure tokenizer parity on, by name (a user's benchmark);
+    ``try_pre_tokenizers``: where they diverge, try the other pre-tokenizers llama.cpp knows.
     """
     started = time.perf_counter()
     if Path(artifact).is_file():
@@ -249,7 +319,7 @@ def verify_artifact(
     gguf = read_gguf(info.model_file)
     src = Path(against) if against else source_of(info.folder)
     if src is None:
-        raise ArtifactError(f"{artifact} names no Hugging Face source that still exists; pass --against SRC")
+        return verify_tokenizer_only(info.model_file, parity_texts, try_pre_tokenizers, started)
     if describe(src).format != "hf-safetensors":
         raise ArtifactError(f"--against {src} is not a Hugging Face model folder")
     probe_load(info.model_file)
@@ -260,6 +330,15 @@ def verify_artifact(
     runtime = open_for_checks(info.model_file)
     try:
         result.checks.append(check_tokenizer(tok, runtime, gguf.get("tokenizer.ggml.pre")))
+        stress = [(None, t) for t in probes.TOKENIZER_STRESS]
+        sets = {
+            "tokenizer stress set": stress,
+            **{f"tokenizer parity on {k}": v for k, v in (parity_texts or {}).items()},
+        }
+        for name, texts in sets.items():
+            result.checks.append(
+                check_tokenizer_texts(tok, runtime, texts, name, info.model_file, try_pre_tokenizers)
+            )
         result.checks.append(check_chat(tok, runtime, gguf))
         probe_ids = logit_probe_ids(tok, runtime) if float_type else []
         gguf_logits = [runtime.logits(ids) for ids in probe_ids]

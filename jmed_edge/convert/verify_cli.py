@@ -30,6 +30,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--base-gguf", type=Path, metavar="PATH", help="GGUF LoRA: the base GGUF to apply it to"
     )
+    parser.add_argument(
+        "--texts", action="append", default=[], metavar="NAME:PATH",
+        help="also measure tokenizer parity on every question and choice of this benchmark (as bench takes it; repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--try-pre-tokenizers", action="store_true",
+        help="where the tokenizers diverge, try every pre-tokenizer llama.cpp knows and name the best",
+    )  # fmt: skip
     parser.add_argument("--no-record", action="store_true", help="do not write the results into the manifest")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.set_defaults(func=_main)
@@ -62,6 +70,7 @@ def _main(args: argparse.Namespace) -> int:
     from jmed_edge.errors import VerificationError
 
     console = Console()
+    texts = {spec: benchmark_texts(spec) for spec in args.texts}
     results = []
     for target in _targets(args.artifact):
         if target.is_file():
@@ -79,8 +88,9 @@ def _main(args: argparse.Namespace) -> int:
                 )
             else:
                 result = verify_artifact(
-                    target, against=args.against, reference=args.reference, record=not args.no_record
-                )
+                    target, against=args.against, reference=args.reference, record=not args.no_record,
+                    parity_texts=texts, try_pre_tokenizers=args.try_pre_tokenizers,
+                )  # fmt: skip
         results.append(result)
         if not args.json:
             print_checks(console, info.name, result)
@@ -93,3 +103,17 @@ def _main(args: argparse.Namespace) -> int:
             f"{len(failed)} of {len(results)} artifacts failed verification; {failed[0].artifact}: {first.name}: {first.detail}"
         )
     return 0
+
+
+def benchmark_texts(spec: str) -> list[tuple[str | None, str]]:
+    """Every question stem and choice of a benchmark, per language, as ``(lang, text)``."""
+    from jmed_edge.bench import load_benchmark
+    from jmed_edge.errors import DataError
+
+    bench = load_benchmark(spec, skip_bad=True)
+    texts = [(q.lang, t) for q in bench.records for t in (q.question, *q.choices) if t.strip()]
+    if not texts:
+        raise DataError(
+            f"--texts {spec}: no readable questions there; check the path with: jmed-edge data check {spec}"
+        )
+    return texts
