@@ -13,6 +13,8 @@ EXAMPLES = """examples:
       --benchmark jmed-sample --lang ja,en --out runs/bench
   jmed-edge bench runs/gguf/Q4_K_M --benchmark medqa:test.jsonl --shots 3 --limit 200 --out runs/bench
   jmed-edge bench runs/merged --mode generate --template chat --out runs/bench-gen
+  jmed-edge bench runs/gguf/Q4_K_M --benchmark igakuqa:~/IgakuQA/data --out runs/bench \\
+      --until-decided --reference runs/bench/Qwen2-7B-jmed-F16 --max-loss 1.0
 
 A killed run resumes when the same command is run again; --force starts over."""
 
@@ -69,6 +71,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="skip measuring load time, tokens/s and peak RAM of each artifact (for the report)",
     )
     parser.add_argument("--json", action="store_true", help="print the summaries as JSON")
+    parser.add_argument(
+        "--until-decided", action="store_true",
+        help="ask questions in a seeded random order and stop once the loss against --reference is "
+             "decided (an anytime-valid 95%% confidence sequence against --max-loss)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--reference", type=Path, metavar="RUN_DIR/ARTIFACT",
+        help="with --until-decided: the reference's bench results (its folder under RUN_DIR)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-loss", type=float, default=1.0,
+        help="with --until-decided: accuracy loss allowed, in points (default 1.0)",
+    )  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -107,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     settings.validate()
+    _check_sequential(args)
     console = Console(stderr=True, highlight=False)
     # Everything a user can get wrong is checked before any model loads.
     artifacts = [describe(Path(a)) for a in args.artifacts]
@@ -165,11 +181,55 @@ def _run_one(info: Any, bench: Any, args: argparse.Namespace, settings: Any, run
             bar.update(task, completed=p.done, total=p.total, acc=p.accuracy, qps=p.questions_per_second)
 
         summary = run_benchmark(
-            info, bench, args.out, settings, progress=report, runtime=runtime, force=args.force
-        )
+            info, bench, args.out, settings, progress=report, runtime=runtime, force=args.force,
+            until_decided=_stopping_rule(args, bench) if args.until_decided else None,
+        )  # fmt: skip
+        for lang, seq in (summary.sequential or {}).items():
+            verdict = {True: "non-inferior", False: "inferior", None: "undecided"}[seq["noninferior"]]
+            ci = seq["delta_ci"] or {"low": float("nan"), "high": float("nan")}
+            console.print(f"{info.name} / {bench.label} / {lang}: {verdict} after {seq['n_used']} of "
+                          f"{seq['n_available']} questions (Δ in [{ci['low']:+.1f}, {ci['high']:+.1f}] points)")  # fmt: skip
         bar.update(task, completed=summary.n, total=summary.n, acc=summary.accuracy,
                    qps=summary.timings.get("questions_per_second", 0.0))  # fmt: skip
     return summary
+
+
+def _check_sequential(args: argparse.Namespace) -> None:
+    """--until-decided needs a reference run and a positive margin; checked before any model loads."""
+    from jmed_edge.errors import ConfigError
+
+    if not args.until_decided:
+        if args.reference is not None:
+            raise ConfigError(
+                "--reference is used with --until-decided; add --until-decided or drop --reference"
+            )
+        return
+    if args.reference is None:
+        raise ConfigError(
+            "--until-decided needs --reference RUN_DIR/<reference-artifact>: bench the reference first, "
+            "then point at its folder"
+        )
+    if not args.reference.is_dir():
+        raise ConfigError(f"--reference {args.reference} is not a folder; give RUN_DIR/<reference-artifact>")
+    from jmed_edge.report.recommend import check_max_loss
+
+    check_max_loss(args.max_loss)
+
+
+def _stopping_rule(args: argparse.Namespace, bench: Any):
+    """The reference's answers on this benchmark, read from its bench folder."""
+    from jmed_edge.bench.predictions import PREDICTIONS, read_predictions
+    from jmed_edge.bench.sequential import UntilDecided
+    from jmed_edge.errors import ConfigError
+
+    path = args.reference / bench.label / PREDICTIONS
+    if not path.exists():
+        raise ConfigError(
+            f"--reference {args.reference} has no {bench.label} results ({path} is missing); "
+            f"bench the reference on {bench.label} first"
+        )
+    answers = {(str(r["id"]), str(r["lang"])): bool(r.get("correct")) for r in read_predictions(path)}
+    return UntilDecided(answers, max_loss=args.max_loss, reference_path=str(args.reference))
 
 
 def _probe(info: Any, out: Path, console: Any, *, options: dict[str, Any]) -> None:

@@ -187,12 +187,15 @@ def run_benchmark(
     *,
     runtime: Any = None,
     force: bool = False,
+    until_decided: Any = None,
 ) -> Summary:
     """Score ``artifact`` on a benchmark; resume what an earlier run of the same settings did.
 
     ``progress`` is called after every batch; ``cancel`` (a ``threading.Event`` or a callable)
     stops the run after the current batch, leaving a resumable folder and a summary marked
     ``complete: false``. Pass an open ``runtime`` to score several benchmarks without reloading.
+    ``until_decided`` (a ``sequential.UntilDecided``): answer in a seeded random order and stop
+    each language once its non-inferiority against the reference is decided.
     """
     settings = settings or BenchSettings()
     settings.validate()
@@ -212,6 +215,13 @@ def run_benchmark(
     done_keys = {(r["id"], r["lang"]) for r in done_rows}
     todo = [q for q in items if (q.id, q.lang) not in done_keys]
     shots = plan.shots
+    if until_decided is not None:
+        from jmed_edge.bench.sequential import seeded_order
+
+        until_decided.check(((q.id, q.lang) for q in items), bench.label)
+        rank = {qid: i for i, qid in enumerate(seeded_order((q.id for q in items), settings.seed))}
+        todo.sort(key=lambda q: rank[q.id])
+        until_decided.feed(sorted(done_rows, key=lambda r: rank[r["id"]]))
 
     own_runtime = runtime is None and bool(todo)
     load_seconds = 0.0
@@ -242,12 +252,20 @@ def run_benchmark(
     )
     try:
         with PredictionLog(folder / PREDICTIONS) as predictions:
-            for start in range(0, len(todo), chunk):
+            pending = list(todo)
+            while pending:
                 if _is_cancelled(cancel):
                     cancelled = True
                     break
-                batch = todo[start : start + chunk]
+                if until_decided is not None:  # a decided language asks no more questions
+                    decided = {lang for lang in langs if until_decided.decided(lang)}
+                    pending = [q for q in pending if q.lang not in decided]
+                    if not pending:
+                        break
+                batch, pending = pending[:chunk], pending[chunk:]
                 new = score(runtime, batch, settings, shots)
+                if until_decided is not None:
+                    until_decided.feed(new)
                 predictions.write(new)
                 rows.extend(new)
                 scored_now += len(new)
@@ -278,10 +296,12 @@ def run_benchmark(
     metrics = {
         k: totals[k] for k in ("exact_match", "gestalt", "gestalt_accuracy", "unparsed") if k in totals
     }
+    sequential = until_decided.record() if until_decided is not None else None
+    stopped_early = until_decided is not None and until_decided.decided()
     summary = Summary(
         artifact=str(info.path), artifact_name=name, benchmark=bench.label, benchmark_format=bench.name,
         benchmark_version=bench.version, benchmark_hash=bench.content_hash, question_set_hash=qhash,
-        complete=not cancelled and len(rows) == len(items), n=totals["n"], n_correct=totals["n_correct"],
+        complete=not cancelled and (len(rows) == len(items) or stopped_early), n=totals["n"], n_correct=totals["n_correct"],
         accuracy=totals["accuracy"], points=totals["points"], points_possible=totals["points_possible"],
         points_score=totals["points_score"], by_lang=totals["by_lang"], by_rule=totals["by_rule"],
         skipped=dict(skipped),
@@ -295,7 +315,7 @@ def run_benchmark(
             "questions_per_second": round(len(rows) / latency, 4) if latency > 0 else 0.0,
             **_peak_memory(),
         },
-        sha256=sha, size_bytes=info.size_bytes, out_dir=str(folder), metrics=metrics,
+        sha256=sha, size_bytes=info.size_bytes, out_dir=str(folder), metrics=metrics, sequential=sequential,
     )  # fmt: skip
     write_text_atomic(folder / SUMMARY, json.dumps(summary.to_dict(), indent=2, ensure_ascii=False) + "\n")
     if summary.complete:

@@ -109,6 +109,8 @@ class Summary:
     size_bytes: int
     out_dir: str
     metrics: dict[str, Any] = field(default_factory=dict)  # generate mode: exact match, Gestalt
+    # bench --until-decided: per language, the confidence sequence's record (bench.sequential)
+    sequential: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

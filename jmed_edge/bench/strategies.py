@@ -21,8 +21,13 @@ from jmed_edge.runtimes.base import ChatTemplateView, GenerationStats, SamplingP
 GENERATION_STOPS = ("\n\n", "###", "\n問題", "\nQuestion")
 
 
+# Where a question's category lives in each loader's ``meta``: IgakuQA's metadata ``category``,
+# MMLU/JMMLU's subject (the file name), MedMCQA's ``subject_name``.
+CATEGORY_KEYS = ("category", "subject", "subject_name")
+
+
 def _base_row(q: Question, k: int, k_source: str) -> dict[str, Any]:
-    return {
+    row = {
         "id": q.id,
         "lang": q.lang,
         "gold": q.answer[0] if q.numeric else list(q.answer),
@@ -31,6 +36,12 @@ def _base_row(q: Question, k: int, k_source: str) -> dict[str, Any]:
         "k_source": k_source,
         "points": q.points,
     }
+    category = next((q.meta[key] for key in CATEGORY_KEYS if q.meta.get(key)), None)
+    if category is not None:
+        row["category"] = str(category)
+    if q.meta.get("kinki"):  # the report counts contraindicated picks (IgakuQA's 禁忌肢)
+        row["kinki"] = list(q.meta["kinki"])
+    return row
 
 
 def _prompt(

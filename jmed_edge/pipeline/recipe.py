@@ -53,7 +53,10 @@ class BenchSection(_Section):
 class ReportSection(_Section):
     reference: str = "F16"  # artifact label: "merged", "F16", "Q8_0", ...
     budget: str | None = None  # e.g. "8GB"
-    max_loss: float = Field(default=1.0, ge=0)
+    max_loss: float = Field(
+        default=1.0, gt=0
+    )  # points: the loss a deployment accepts (non-inferiority margin)
+    prefer: Literal["smallest", "fastest", "accurate"] = "smallest"  # among certified artifacts
     kl: bool = True
 
 

@@ -277,7 +277,8 @@ def run_pipeline(
         bench_label(result.artifacts[rep.reference]) if rep.reference in result.artifacts else rep.reference
     )
     data = build_report([run_dir], reference, budget_bytes=parse_bytes(rep.budget) if rep.budget else None,
-                        max_loss=rep.max_loss, kl=rep.kl, kl_cache=out / "kl-cache.json", seed=sections.bench.seed)  # fmt: skip
+                        max_loss=rep.max_loss, kl=rep.kl, kl_cache=out / "kl-cache.json", seed=sections.bench.seed,
+                        prefer=rep.prefer)  # fmt: skip
     result.report = write_report(data, out / "report")
     stages.done("report", started)
     print_summary(data, Console())

@@ -14,8 +14,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="report folder to write")
     parser.add_argument("--budget", default=None, help="RAM budget for the recommendation, e.g. 8GB")
     parser.add_argument(
-        "--max-loss", type=float, default=1.0, help="accuracy loss allowed, in points (default 1.0)"
-    )
+        "--max-loss", type=float, default=1.0,
+        help="accuracy loss allowed, in points (default 1.0): the non-inferiority margin every "
+             "benchmark/language's 95%% interval must clear",
+    )  # fmt: skip
+    parser.add_argument(
+        "--prefer", choices=("smallest", "fastest", "accurate"), default="smallest",
+        help="which certified artifact to recommend (default smallest); ties go to the lower KL divergence",
+    )  # fmt: skip
     parser.add_argument(
         "--no-kl", action="store_true", help="skip KL divergence (needs the artifacts on disk)"
     )
@@ -28,13 +34,16 @@ def _main(args: argparse.Namespace) -> int:
 
     from jmed_edge.fsutil import parse_bytes, refuse_overlap
     from jmed_edge.report.build import build_report, write_report
+    from jmed_edge.report.recommend import check_max_loss
     from jmed_edge.report.terminal import print_summary
 
+    check_max_loss(args.max_loss)  # before anything is read
     refuse_overlap(args.out, {f"run folder {i + 1}": d for i, d in enumerate(args.run_dirs)})
     budget = parse_bytes(args.budget) if args.budget else None
     data = build_report(
         args.run_dirs, args.reference, budget_bytes=budget, max_loss=args.max_loss, kl=not args.no_kl,
-        kl_cache=args.out.parent / f".{args.out.name}.kl-cache.json", seed=args.seed,
+        kl_cache=args.out.parent / f".{args.out.name}.kl-cache.json", seed=args.seed, prefer=args.prefer,
+        refuse_unfit_budget=True,
     )  # fmt: skip
     out = write_report(data, args.out)
     console = Console()

@@ -39,6 +39,7 @@ class Cell:
     points: float | None = None  # points-weighted score (IgakuQA), fraction of points available
     vs_reference: PairedComparison | None = None
     generation: dict[str, float] = field(default_factory=dict)  # exact match, Gestalt metrics
+    sequential: dict[str, Any] | None = None  # bench --until-decided: the stopping rule's record
 
     @property
     def loss_points(self) -> float | None:
@@ -70,11 +71,22 @@ class ArtifactRow:
 
 @dataclass
 class Recommendation:
+    """``certified``: ``chosen`` is non-inferior (interval above -max_loss) on every benchmark and
+    language. ``provisional``: nothing could be certified, ``chosen`` is the artifact closest to
+    the reference by KL; ``questions_needed`` per benchmark/language would decide it."""
+
     chosen: str | None
     reason: str
     significant_losses: list[str]
     budget_bytes: int | None
     max_loss_points: float
+    certified: bool = False
+    provisional: bool = False
+    questions_needed: int | None = None
+    prefer: str = "smallest"
+    decisions: dict[str, str] = field(
+        default_factory=dict
+    )  # artifact -> certified/inferior/undecided/reference
 
 
 @dataclass
@@ -86,6 +98,13 @@ class ReportData:
     benchmarks: dict[str, dict[str, Any]]  # name -> question_set_hash, version, n per language
     settings: dict[str, Any]
     timings: dict[str, Any] = field(default_factory=dict)
+    # Paired rows per IgakuQA category / MMLU subject: artifact, benchmark, lang, category, n,
+    # delta, delta_ci, noninferior, p_value, right_to_wrong, wrong_to_right.
+    by_category: list[dict[str, Any]] = field(default_factory=list)
+    # IgakuQA as the exam scores it: one entry per artifact x exam x language (report.exam).
+    exams: list[dict[str, Any]] = field(default_factory=list)
+    # Contraindicated (kinki) answers a quantized artifact picked and its reference did not.
+    new_kinki: list[dict[str, Any]] = field(default_factory=list)
 
     def cell(self, artifact: str, benchmark: str, lang: str) -> Cell | None:
         return next(

@@ -122,11 +122,34 @@ def _read_block(path: Path, collector: Collector, seen: dict[str, str]) -> list[
             qid = str(obj.get("problem_id", ""))
             if qid in japanese:
                 extra = {k: v for k, v in obj.items() if k != "problem_id"}
+                try:
+                    extra["kinki"] = _parse_kinki(extra.get("kinki"), len(japanese[qid].choices), qid)
+                except BadRecord as exc:
+                    collector.bad(f"{meta_file}:{line}", str(exc))
+                    continue
                 japanese[qid] = _with_meta(japanese[qid], extra)
             else:
                 collector.bad(f"{meta_file}:{line}", f"metadata for unknown problem_id {qid!r}")
     english = _read_translation(path.with_name(path.stem + SUFFIX_TRANSLATE + ".jsonl"), japanese, collector)
     return list(japanese.values()) + english
+
+
+def _parse_kinki(raw: Any, n_choices: int, qid: str) -> list[str]:
+    """The contraindicated (禁忌肢) letters of a metadata record, each one of the question's choices."""
+    if raw in (None, ""):
+        return []
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+        raise BadRecord(f'"kinki" of {qid} is {raw!r}; expected a list of choice letters such as ["d"]')
+    letters = [unicodedata.normalize("NFKC", x).strip().lower() for x in items]
+    for letter in letters:
+        if len(letter) != 1 or letter not in LETTERS[:n_choices]:
+            span = f"a-{LETTERS[n_choices - 1]}" if n_choices else "none: a numeric question"
+            raise BadRecord(
+                f'"kinki" of {qid} names {letter!r}, beyond its {n_choices} choices ({span}); '
+                "fix the metadata line"
+            )
+    return sorted(set(letters))
 
 
 def _with_meta(q: Question, extra: dict[str, Any]) -> Question:

@@ -32,14 +32,29 @@ def recommendation_text(rec: Any) -> str:
     return head + losses
 
 
+def report_text(data: Any) -> str:
+    """The recommendation plus the exam verdicts and new contraindicated picks of a built report."""
+    from rich.markup import escape
+
+    from jmed_edge.report.exam import exam_sentence
+
+    lines = [recommendation_text(data.recommendation)]
+    lines += [escape(exam_sentence(e)) for e in getattr(data, "exams", [])]
+    kinki = getattr(data, "new_kinki", [])
+    if kinki:
+        ids = ", ".join(f"{k['artifact']} {k['id']}/{k['lang']}" for k in kinki[:10])
+        lines.append(f"[b]contraindicated answers the reference did not pick:[/b] {escape(ids)}")
+    return "\n".join(lines)
+
+
 class ReportScreen(JmedScreen):
     MODE = "report"
     TITLE = "Report"
     AUTO_FOCUS = "#report-source"
     HELP = """
 Pick a bench run folder (or a report written by jmed-edge report) and the reference artifact,
-then build: the accuracy-loss table per benchmark and language (95% intervals, paired McNemar
-test, answer flips), KL divergence per quant type on the bundled bilingual medical text, size and
+then build: the accuracy-loss table per benchmark and language (95% intervals, the paired
+difference with its Newcombe interval and the non-inferiority decision, McNemar, answer flips), KL divergence per quant type on the bundled bilingual medical text, size and
 speed, and a chart. Type a RAM budget (e.g. 8GB) and press Enter to get the recommendation for it.
 """
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -205,7 +220,7 @@ speed, and a chart. Type a RAM budget (e.g. 8GB) and press Enter to get the reco
                 head, body = ["KL divergence"], [["not measured: tick KL divergence and build again"]]
             fill_table(self.query_one(f"#table-{key}", DataTable), head, body)
         self.query_one("#chart", AccuracyBars).show(data)
-        self.query_one("#recommendation", Static).update(recommendation_text(data.recommendation))
+        self.query_one("#recommendation", Static).update(report_text(data))
 
     # --- the budget -----------------------------------------------------------------------
 
@@ -224,4 +239,4 @@ speed, and a chart. Type a RAM budget (e.g. 8GB) and press Enter to get the reco
             self.app.show_error(exc)
             return
         self.data.recommendation = rec
-        self.query_one("#recommendation", Static).update(recommendation_text(rec))
+        self.query_one("#recommendation", Static).update(report_text(self.data))
