@@ -94,6 +94,24 @@ def test_answer_letter_beyond_choices_is_refused(tmp_path: Path) -> None:
         load_benchmark(f"jjsimqa:{path}")
 
 
+def test_a_lone_separator_between_answer_letters_is_repaired_and_counted(tmp_path: Path) -> None:
+    """JJSIMQA 107_888-26 ("２つ選べ") is published with answer ["d", ",", "e"]."""
+    from jmed_edge.bench.data_cli import describe_benchmark
+
+    path = write_jsonl(tmp_path / "set.jsonl", [ja("107_888-26", "２つ選べ。", FIVE, ["d", ",", "e"]),
+                                                ja("Q2", "問", FIVE, ["a", "、", "c"])])  # fmt: skip
+    bench = load_benchmark(f"jjsimqa:{path}")
+    assert [q.answer for q in bench.records] == [("d", "e"), ("a", "c")]
+    report = describe_benchmark(f"jjsimqa:{path}")
+    assert report["repaired"] == 2 and report["skipped"] == 0
+    assert report["repaired_records"][0]["where"].endswith("set.jsonl:1")
+    assert "',' read as a separator" in report["repaired_records"][0]["repair"]
+    for ambiguous in ([",", "d"], ["d", ",", ",", "e"], ["d", ","]):
+        bad = write_jsonl(tmp_path / "bad.jsonl", [ja("Q3", "問", FIVE, ambiguous)])
+        with pytest.raises(DataError, match="is not a choice letter"):
+            load_benchmark(f"jjsimqa:{bad}")
+
+
 def test_translation_that_disagrees_is_skipped(igakuqa: Path) -> None:
     twin = igakuqa / "2022" / "116-A_translate.jsonl"
     rows = [json.loads(line) for line in twin.read_text(encoding="utf-8").splitlines()]

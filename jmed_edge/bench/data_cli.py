@@ -47,6 +47,12 @@ def describe_benchmark(spec: str) -> dict[str, Any]:
         "choices": {str(k): v for k, v in sorted(Counter(len(q.choices) for q in bench.records).items())},
         "skipped": len(bench.skipped),
         "skipped_records": [{"where": s.where, "reason": s.reason} for s in bench.skipped],
+        "repaired": sum(1 for q in bench.records if q.meta.get("repaired")),
+        "repaired_records": [
+            {"where": q.where, "lang": q.lang, "repair": q.meta["repaired"]}
+            for q in bench.records
+            if q.meta.get("repaired")
+        ],
     }
 
 
@@ -71,6 +77,10 @@ def run_check(args: argparse.Namespace) -> int:
     console.print(
         f"scoring rules: {rules}; multi-answer: {report['multi_answer']}; choices per question: {choices}"
     )
+    if report["repaired"]:
+        console.print(f"{report['repaired']} records repaired as they were read:")
+        for item in report["repaired_records"][: args.show]:
+            console.print(f"  {item['where']} ({item['lang']}): {item['repair']}", soft_wrap=True)
     if report["skipped"]:
         console.print(f"[yellow]{report['skipped']} records could not be read:[/]")
         for item in report["skipped_records"][: args.show]:

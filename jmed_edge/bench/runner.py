@@ -316,6 +316,8 @@ def run_benchmark(
             **_peak_memory(),
         },
         sha256=sha, size_bytes=info.size_bytes, out_dir=str(folder), metrics=metrics, sequential=sequential,
+        repaired=[{"where": q.where, "lang": q.lang, "repair": q.meta["repaired"]}
+                  for q in bench.records if q.meta.get("repaired")][:MAX_SKIPPED_LISTED],
     )  # fmt: skip
     write_text_atomic(folder / SUMMARY, json.dumps(summary.to_dict(), indent=2, ensure_ascii=False) + "\n")
     if summary.complete:

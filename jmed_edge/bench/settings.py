@@ -111,6 +111,8 @@ class Summary:
     metrics: dict[str, Any] = field(default_factory=dict)  # generate mode: exact match, Gestalt
     # bench --until-decided: per language, the confidence sequence's record (bench.sequential)
     sequential: dict[str, Any] | None = None
+    # records the loader repaired as it read them (a lone "," between answer letters), by file:line
+    repaired: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -53,19 +53,47 @@ _ANY_OF = re.compile(r"^([a-z])(\s+or\s+[a-z])+$")
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 
 
-def _parse_answer(raw: Any, n_choices: int) -> tuple[tuple[str, ...], bool]:
-    """(answer, accept_any) from the published ``answer`` field."""
+# A lone separator between letters in a published answer list (JJSIMQA 107_888-26: ["d", ",", "e"]).
+_SEPARATORS = frozenset({",", "、", ";", "/", "・", "&", "and"})
+
+
+def _drop_separators(items: list[str]) -> tuple[list[str], str | None]:
+    """Letters with lone separator elements between them removed, and a note when any was.
+
+    Only between two one-letter items: a separator first, last or beside another separator is
+    ambiguous and left for the letter check to refuse.
+    """
+    kept, dropped = [], []
+    for i, item in enumerate(items):
+        between = 0 < i < len(items) - 1 and len(items[i - 1]) == 1 and len(items[i + 1]) == 1
+        if (
+            item in _SEPARATORS
+            and between
+            and items[i - 1] not in _SEPARATORS
+            and items[i + 1] not in _SEPARATORS
+        ):
+            dropped.append(item)
+        else:
+            kept.append(item)
+    return kept, (
+        f"answer separator {', '.join(map(repr, dropped))} read as a separator" if dropped else None
+    )
+
+
+def _parse_answer(raw: Any, n_choices: int) -> tuple[tuple[str, ...], bool, str | None]:
+    """(answer, accept_any, repair note) from the published ``answer`` field."""
     items = [raw] if isinstance(raw, str | int) else raw
     if not isinstance(items, list) or not items or not all(isinstance(a, str | int) for a in items):
         raise BadRecord(f'"answer" is {raw!r}; expected a list of letters such as ["c"]')
     items = [unicodedata.normalize("NFKC", str(a)).strip().lower() for a in items]
+    items, repaired = _drop_separators(items) if n_choices else (items, None)
     if n_choices == 0:
         number = "".join(items)
         if not _NUMBER.match(number):
             raise BadRecord(
                 f'numeric question (no choices) has answer {raw!r}; expected digits such as ["325"]'
             )
-        return (number,), False
+        return (number,), False, None
     accept_any = len(items) == 1 and bool(_ANY_OF.match(items[0]))
     letters = re.split(r"\s+or\s+", items[0]) if accept_any else items
     for letter in letters:
@@ -75,7 +103,7 @@ def _parse_answer(raw: Any, n_choices: int) -> tuple[tuple[str, ...], bool]:
             raise BadRecord(
                 f"answer {letter!r} is beyond the {n_choices} choices (a-{LETTERS[n_choices - 1]})"
             )
-    return tuple(sorted(set(letters))), accept_any
+    return tuple(sorted(set(letters))), accept_any, repaired
 
 
 def _question(obj: dict[str, Any], where: str, lang: str, text_key: str, choices_key: str) -> Question:
@@ -86,7 +114,7 @@ def _question(obj: dict[str, Any], where: str, lang: str, text_key: str, choices
         raise BadRecord(f'"{choices_key}" is not a list of texts')
     if len(raw_choices) == 1 or len(raw_choices) > len(LETTERS):
         raise BadRecord(f'"{choices_key}" has {len(raw_choices)} entries')
-    answer, accept_any = _parse_answer(obj.get("answer"), len(raw_choices))
+    answer, accept_any, repaired = _parse_answer(obj.get("answer"), len(raw_choices))
     return Question(
         id=qid,
         lang=lang,
@@ -97,7 +125,10 @@ def _question(obj: dict[str, Any], where: str, lang: str, text_key: str, choices
         accept_any=accept_any,
         always_correct=qid in ALWAYS_CORRECT,
         where=where,
-        meta={"text_only": obj["text_only"]} if "text_only" in obj else {},
+        meta={
+            **({"text_only": obj["text_only"]} if "text_only" in obj else {}),
+            **({"repaired": repaired} if repaired else {}),
+        },
     )
 
 
