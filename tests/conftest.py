@@ -43,6 +43,15 @@ def default_gguf() -> Path:
     return default_gguf()
 
 
+@pytest.fixture(scope="session")
+def default_f16(default_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded default model as an F16 GGUF artifact folder, through the convert stage."""
+    from jmed_edge.convert.gguf import convert_to_gguf
+
+    out = tmp_path_factory.mktemp("gguf") / "default-f16"
+    return convert_to_gguf(default_model, out, quants=(), verify=False)["F16"]
+
+
 @pytest.fixture
 def run_cli(capsys: pytest.CaptureFixture[str]):
     """Run ``jmed-edge ARGS`` in-process; returns (exit code, stdout, stderr)."""

@@ -32,18 +32,6 @@ MCQ = (
 )
 
 
-def convert_f16(model_dir: Path, out: Path) -> Path:
-    """F16 GGUF artifact folder of an HF folder, through the convert stage (no quant types)."""
-    from jmed_edge.convert.gguf import convert_to_gguf
-
-    return convert_to_gguf(model_dir, out, quants=(), verify=False)["F16"]
-
-
-@pytest.fixture(scope="module")
-def default_f16(default_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return convert_f16(default_model, tmp_path_factory.mktemp("gguf") / "default-f16")
-
-
 @pytest.fixture(scope="module")
 def pair(default_model: Path, default_f16: Path):
     hf = open_runtime(default_model)

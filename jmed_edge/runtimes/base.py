@@ -52,6 +52,9 @@ class SamplingParams:
     repeat_penalty: float = 1.0
     seed: int = 0
     stop: Sequence[str] = ()
+    # Record each generated token's log-probability and this many alternatives (0-20) in
+    # ``GenerationStats.tokens``; None records nothing. Runtimes without it ignore the field.
+    logprobs: int | None = None
 
 
 @dataclass
@@ -66,6 +69,8 @@ class GenerationStats:
     # end-of-generation token costs a pass without counting as a completion token.
     decode_steps: int = 0
     finish_reason: str = ""  # "stop", "length" or "cancelled"
+    # ``logprobs.TokenLogprob`` per generated token, when ``SamplingParams.logprobs`` asks.
+    tokens: list[Any] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

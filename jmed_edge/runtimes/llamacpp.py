@@ -4,7 +4,12 @@ Log-likelihoods are computed from llama.cpp's raw logits, not from llama-cpp-pyt
 ``echo=True`` logprobs, which 0.3.36 shifts by one token. The runtime keeps track of what the
 KV cache holds and evaluates only the part of a prompt it has not seen: a question's prompt is
 evaluated once and each option is scored from there (the KV cache is truncated back to the
-prompt between options), and few-shot prefixes shared by consecutive questions are reused.
+prompt between options), and prefixes shared with the previous prompt (few-shot examples, a
+system prompt, the context of lm-eval's choices) are reused.
+
+Reuse never changes a number: prompts are decoded in blocks of ``kv_block`` tokens at fixed
+positions and only whole blocks evaluated the same way are kept (``kvplan``), so a score or a
+temperature-0 answer is the same whatever the instance evaluated before.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from jmed_edge.runtimes.base import (
     split_continuation,
     stream_generation,
 )
+from jmed_edge.runtimes.kvplan import common_prefix, plan_chunks, reusable
+from jmed_edge.runtimes.logprobs import Row, TokenLogprob, prompt_token_logprobs, summarise_rows
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +72,11 @@ class LlamaCppRuntime:
     """
 
     name = "llamacpp"
+    # Tokens per fixed-position decode call (see kvplan): the granularity at which a prompt
+    # reuses a prefix already in the KV cache. Measured cost in the module docstring.
+    kv_block = 64
+    accepts_token_prompts = True  # generate() takes token ids as well as text
+    reports_logprobs = True  # generate() fills GenerationStats.tokens when asked
 
     def __init__(
         self,
@@ -136,7 +148,13 @@ class LlamaCppRuntime:
         self._bos_id = bos if bos >= 0 else None
         self._bos_text = self._token_text(bos)
         self._eos_text = self._token_text(eos)
-        self._kv: list[int] = []  # tokens currently held in the KV cache (sequence 0)
+        # What the KV cache (sequence 0) holds: its tokens, the end of each decode call that wrote
+        # it (see kvplan), a logprobs Row per position where one was computed, and whether the
+        # context's logits buffer ends with the row of the last held position.
+        self._kv: list[int] = []
+        self._bounds: list[int] = []
+        self._rows: list[Row | None] = []
+        self._logits_at: int | None = None
         self._formatter: dict[bool, Any] = {}
 
     def _token_text(self, token: int) -> str:
@@ -176,37 +194,56 @@ class LlamaCppRuntime:
 
     # --- evaluation over the KV cache ----------------------------------------------------
 
-    def _eval(self, ids: Sequence[int], logits_from: int) -> np.ndarray:
+    def _eval(self, ids: Sequence[int], logits_from: int, *, cut: int | None = None) -> np.ndarray:
         """Make the KV cache hold ``ids``; return logits of positions ``logits_from..len(ids)-1``.
 
-        Positions already in the cache before ``logits_from`` are reused; everything from
-        there on is (re)decoded in batches of ``n_batch``.
+        ``cut`` ends the context whose continuation is being scored (default: all of ``ids``);
+        see ``kvplan`` for the calls the tokens are decoded in and what of the cache is kept.
         """
-        ids = list(ids)
-        if len(ids) > self.llm.n_ctx():
+        _, logits = self._decode(ids, logits_from, cut=cut)
+        return logits
+
+    def _decode(
+        self, ids: Sequence[int], logits_from: int, *, cut: int | None = None, rows: bool = False
+    ) -> tuple[int, np.ndarray]:
+        """Evaluate ``ids`` by ``kvplan``'s calls; returns (first position decoded, its logits on).
+
+        Logits come back from ``logits_from`` on, or, with ``rows``, from wherever decoding
+        starts: the positions before it already have a ``Row`` in ``self._rows``.
+        """
+        ids = [int(t) for t in ids]
+        n = len(ids)
+        if n > self.llm.n_ctx():
             raise ConfigError(
-                f"a prompt of {len(ids)} tokens does not fit the context of {self.llm.n_ctx()}; "
+                f"a prompt of {n} tokens does not fit the context of {self.llm.n_ctx()}; "
                 "use fewer shots or a larger n_ctx"
             )
-        common = 0
-        for a, b in zip(self._kv, ids, strict=False):
-            if a != b or common >= logits_from:
-                break
-            common += 1
-        ctx = self.llm._ctx
-        if not ctx.kv_cache_seq_rm(-1, common, -1):  # a model whose cache cannot be truncated
-            ctx.kv_cache_clear()
-            common = 0
-        self._kv = ids[:common]
-        batch = self.llm._batch.batch
         n_batch = self.llm.n_batch
-        rows: list[np.ndarray] = []
-        for start in range(common, len(ids), n_batch):
-            chunk = ids[start : start + n_batch]
+        plan = plan_chunks(n, n if cut is None else cut, min(self.kv_block, n_batch), n_batch)
+        common = common_prefix(self._kv, ids)
+        if rows:  # a kept position needs its Row, and the Row must predict this prompt's next token
+            have = next((i for i, row in enumerate(self._rows) if row is None), len(self._rows))
+            limit = min(common - 1, have, n - 1)
+        else:
+            limit = min(common, logits_from)
+        keep = reusable(self._bounds, plan, max(limit, 0))
+        ctx = self.llm._ctx
+        if not ctx.kv_cache_seq_rm(-1, keep, -1):  # a model whose cache cannot be truncated
+            ctx.kv_cache_clear()
+            keep = 0
+        self._kv, self._rows = self._kv[:keep], self._rows[:keep]
+        self._bounds = [b for b in self._bounds if b <= keep]
+        self._logits_at = None
+        want_from = keep if rows else logits_from
+        batch = self.llm._batch.batch
+        out: list[np.ndarray] = []
+        start = keep
+        for end in (b for b in plan if b > keep):
+            chunk = ids[start:end]
             n_out = 0
             for i, token in enumerate(chunk):
                 pos = start + i
-                want = pos >= logits_from
+                want = pos >= want_from
                 batch.token[i] = token
                 batch.pos[i] = pos
                 batch.n_seq_id[i] = 1
@@ -217,28 +254,52 @@ class LlamaCppRuntime:
             try:
                 ctx.decode(self.llm._batch)
             except RuntimeError as exc:
-                self._kv = []
-                ctx.kv_cache_clear()
+                self.forget_cache()
                 raise ModelError(f"llama.cpp failed to evaluate the prompt: {exc}") from exc
             self._kv.extend(chunk)
+            self._bounds.append(end)
             if n_out:
                 ptr = ctx.get_logits()
                 flat = np.ctypeslib.as_array(
                     ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(n_out * self.n_vocab,)
                 )
-                rows.append(flat.reshape(n_out, self.n_vocab).copy())
-        if not rows:
-            return np.zeros((0, self.n_vocab), dtype=np.float32)
-        return np.concatenate(rows) if len(rows) > 1 else rows[0]
+                block = flat.reshape(n_out, self.n_vocab).copy()
+                out.append(block)
+                if rows:
+                    nxt = [ids[p + 1] if p + 1 < n else None for p in range(start, end)]
+                    self._rows.extend(summarise_rows(block, nxt))
+            if not rows or not n_out:
+                self._rows.extend([None] * len(chunk))
+            start = end
+        if out and start == n:
+            self._logits_at = n - 1  # the context's logits buffer ends with the last position's row
+        logits = (
+            np.concatenate(out)
+            if len(out) > 1
+            else out[0]
+            if out
+            else np.zeros((0, self.n_vocab), np.float32)
+        )
+        return keep, logits
 
     def forget_cache(self) -> None:
         """Drop the KV cache, so the next call evaluates its prompt from the first token."""
-        self._kv = []
+        self._kv, self._bounds, self._rows = [], [], []
+        self._logits_at = None
         self.llm._ctx.kv_cache_clear()
 
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
         self.forget_cache()
         return self._eval(token_ids, 0).astype(np.float32, copy=False)
+
+    def prompt_logprobs(self, token_ids: Sequence[int], top: int = 0) -> list[TokenLogprob]:
+        """Each prompt token's log-probability given the tokens before it (the first: None),
+        with the ``top`` most likely tokens at each position. A prefix this instance already
+        scored in the same decode calls is not computed again."""
+        ids = [int(t) for t in token_ids]
+        if len(ids) > 1:
+            self._decode(ids, 0, rows=True)
+        return prompt_token_logprobs(ids, self._rows[: len(ids) - 1], top)
 
     def score_continuations(self, context: str, continuations: Sequence[str]) -> list[ContinuationScore]:
         ctx_ids = self.tokenize(context, add_special=True)
@@ -253,37 +314,55 @@ class LlamaCppRuntime:
             if len(cont) == 1:
                 scores.append(continuation_scores(last, cont))
                 continue
-            # Only the continuation is decoded: the context stays in the KV cache.
-            tail = log_softmax(self._eval(ctx_ids + cont[:-1], len(ctx_ids)))
+            # Only the continuation is decoded, in one call after the context's own calls.
+            tail = log_softmax(self._eval(ctx_ids + cont[:-1], len(ctx_ids), cut=len(ctx_ids)))
             scores.append(continuation_scores(np.concatenate([last, tail]), cont))
         return scores
 
     # --- generation ----------------------------------------------------------------------
 
     def generate(
-        self, prompt: str, params: SamplingParams, stats: GenerationStats | None = None
+        self, prompt: str | Sequence[int], params: SamplingParams, stats: GenerationStats | None = None
     ) -> Iterator[str]:
+        """Stream the completion of ``prompt`` (text, or token ids used as they are).
+
+        The prompt is evaluated by ``kvplan``'s calls and each answer token in a call of its
+        own, so at temperature 0 (or a fixed seed) the answer does not depend on what this
+        instance evaluated before.
+        """
         import llama_cpp
 
         stats = stats if stats is not None else GenerationStats()
-        prompt_ids = self.tokenize(prompt, add_special=True)
+        if isinstance(prompt, str):
+            prompt_ids = self.tokenize(prompt, add_special=True)
+        else:
+            prompt_ids = [int(t) for t in prompt]
+        if not prompt_ids:
+            raise ConfigError("cannot generate from an empty prompt on a model without BOS")
         if len(prompt_ids) + params.max_tokens > self.llm.n_ctx():
             raise ConfigError(
                 f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceed the context "
                 f"of {self.llm.n_ctx()}; shorten the prompt or open the model with a larger n_ctx"
             )
         stats.prompt_tokens = len(prompt_ids)
-        # Hand llama-cpp-python our view of the KV cache so it reuses the shared prefix.
-        self.llm.input_ids[: len(self._kv)] = self._kv
-        self.llm.n_tokens = len(self._kv)
-        self.llm._requires_eval = True  # the cached logits may belong to another sequence
+        stats.tokens = []
         self.llm.set_seed(params.seed)
         vocab = self.llm._model.vocab
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        n_prompt = len(prompt_ids)
 
         def tokens() -> Iterator[int]:
+            if params.max_tokens < 1:
+                return
+            if not (self._kv == prompt_ids and self._logits_at == n_prompt - 1):
+                self._eval(prompt_ids, n_prompt - 1)
+            # llama-cpp-python samples from the logits the last decode left in the context.
+            self.llm.input_ids[:n_prompt] = prompt_ids
+            self.llm.n_tokens = n_prompt
+            self.llm._requires_eval = False
             generated = self.llm.generate(
-                prompt_ids,
+                [],
+                reset=False,
                 top_k=params.top_k,
                 top_p=params.top_p,
                 min_p=0.0,
@@ -291,11 +370,19 @@ class LlamaCppRuntime:
                 repeat_penalty=params.repeat_penalty,
             )
             try:
-                yield from generated
+                for token in generated:
+                    if params.logprobs is not None:
+                        stats.tokens.append(self._sampled_logprob(int(token), params.logprobs))
+                    yield token
             finally:
                 generated.close()
-                # Record what the KV cache holds as soon as generation stops, before the last piece.
-                self._kv = [int(t) for t in self.llm.input_ids[: self.llm.n_tokens]]
+                # Record what the KV cache holds as soon as generation stops, before the last piece:
+                # each answer token was decoded in a call of its own.
+                held = self.llm.n_tokens
+                self._kv = [int(t) for t in self.llm.input_ids[:held]]
+                self._bounds += list(range(n_prompt + 1, held + 1))
+                self._rows += [None] * (held - len(self._rows))
+                self._logits_at = None
 
         def tail(finish_reason: str) -> str:
             # Cut off by max_tokens mid-character: drop the partial bytes rather than print U+FFFD.
@@ -309,6 +396,17 @@ class LlamaCppRuntime:
             stats,
             tail,
         )
+
+    def _sampled_logprob(self, token: int, top: int) -> TokenLogprob:
+        """The raw-logit log-probability of a token just sampled from the context's last row."""
+        ptr = self.llm._ctx.get_logits_ith(-1)
+        row = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,))
+        [summary] = summarise_rows(row[None, :].copy(), [token], max(top, 1))
+        return TokenLogprob(token, summary.logprob, summary.top[:top])
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes one token adds to a text (special tokens spelled out)."""
+        return self.llm.detokenize([int(token)], special=True)
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

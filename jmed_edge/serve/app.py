@@ -21,10 +21,11 @@ from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jmed_edge.errors import JmedError, did_you_mean
-from jmed_edge.runtimes.base import Runtime, SamplingParams
+from jmed_edge.runtimes.base import GenerationStats, Runtime, SamplingParams
 from jmed_edge.serve import protocol as p
 from jmed_edge.serve.config import ServeSettings
 from jmed_edge.serve.engine import Prepared, RuntimePool, fit_to_context
+from jmed_edge.serve.scoring import chat_logprobs, score_prompts
 from jmed_edge.serve.security import Guard
 
 log = logging.getLogger(__name__)
@@ -91,14 +92,18 @@ def create_app(runtimes: Sequence[Runtime], settings: ServeSettings) -> FastAPI:
 
         if settings.log_content:
             content_log.info("chat request: %s", _json(messages))
+        if req.logprobs:
+            return await _chat_with_logprobs(request, pool, settings, prepare, req)
         return await _respond(request, pool, settings, prepare, req, chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         req: p.CompletionRequest = p.parse_request(await request.body(), p.CompletionRequest)
         check_model(req.model)
-        prompt = req.prompt_text()
         params = _sampling(req)
+        if not req.is_plain:  # echo, logprobs, several prompts, token ids, max_tokens 0
+            return await _score(request, pool, settings, req, params)
+        prompt = req.prompt_text()
 
         def prepare(runtime: Runtime) -> Prepared:
             return fit_to_context(runtime, prompt, params, req.token_budget, settings.max_tokens_limit)
@@ -179,6 +184,47 @@ async def _respond(request: Request, pool: RuntimePool, settings: ServeSettings,
                 content_log.info("%s answer: %s", rid, _json("".join(parts)))
 
     return EventSourceResponse(events(), ping=15)
+
+
+async def _score(request: Request, pool: RuntimePool, settings: ServeSettings, req: p.CompletionRequest,
+                 params: SamplingParams) -> JSONResponse:  # fmt: skip
+    if settings.log_content:
+        content_log.info("completion request: %s", _json(req.prompt))
+    scored = await pool.run(lambda runtime: score_prompts(runtime, req, settings.max_tokens_limit, params),
+                            gone=request.is_disconnected)  # fmt: skip
+    use = p.usage(scored.prompt_tokens, scored.completion_tokens)
+    request.state.usage = use
+    rid = p.new_id("cmpl")
+    if settings.log_content:
+        content_log.info("%s answer: %s", rid, _json([c["text"] for c in scored.choices]))
+    return JSONResponse(p.completions_response(rid, settings.model_name, scored.choices, use))
+
+
+async def _chat_with_logprobs(request: Request, pool: RuntimePool, settings: ServeSettings,
+                              prepare: Callable[[Runtime], Prepared], req: p.ChatRequest) -> JSONResponse:  # fmt: skip
+    top = req.top or 0
+
+    def job(runtime: Runtime) -> tuple[str, GenerationStats, dict[str, Any]]:
+        if not getattr(runtime, "reports_logprobs", False):
+            raise p.RequestError(400, f"logprobs need a GGUF artifact (the llama.cpp runtime); this server runs "
+                                 f"{runtime.name}", param="logprobs")  # fmt: skip
+        prepared = prepare(runtime)
+        prepared.params.logprobs = top
+        stats = GenerationStats()
+        try:
+            text = "".join(runtime.generate(prepared.prompt, prepared.params, stats))
+        except JmedError as exc:
+            raise p.RequestError(400, str(exc)) from exc
+        return text, stats, chat_logprobs(runtime, stats.tokens[: stats.completion_tokens], top)
+
+    text, stats, logprobs = await pool.run(job, gone=request.is_disconnected)
+    use = p.usage(stats.prompt_tokens, stats.completion_tokens)
+    request.state.usage = use
+    rid = p.new_id("chatcmpl")
+    if settings.log_content:
+        content_log.info("%s answer: %s", rid, _json(text))
+    reason = p.finish_reason(stats.finish_reason or "stop")
+    return JSONResponse(p.chat_response(rid, settings.model_name, text, reason, use, logprobs))
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -48,7 +48,7 @@ def fit_to_context(runtime: Runtime, prompt: str, params: SamplingParams, reques
             param="messages",
             code="context_length_exceeded",
         )
-    budget = min(requested or limit, limit, ctx - n_prompt)
+    budget = min(limit if requested is None else requested, limit, ctx - n_prompt)
     params.max_tokens = budget
     return Prepared(prompt, params, n_prompt)
 
@@ -129,6 +129,21 @@ class RuntimePool:
             raise RequestError(499, "the client closed the request while it waited in the queue")
         return Generation(self, runtime, prepare)
 
+    async def run(
+        self, job: Callable[[Runtime], Any], gone: Callable[[], Awaitable[bool]] | None = None
+    ) -> Any:
+        """Borrow an instance (or raise ``ServerBusy``), run ``job(instance)`` on a worker thread
+        and return its result; what ``job`` raises is raised here."""
+        runtime = await self._acquire()
+        if gone is not None and await gone():
+            self._release(runtime)
+            raise RequestError(499, "the client closed the request while it waited in the queue")
+        generation = Generation(self, runtime, None, work=lambda: iter((job(runtime),)))
+        result = await generation._next()
+        if result is END:  # cancelled before it ran
+            raise RequestError(503, "the server is shutting down", type="server_error")
+        return result
+
     def stop(self, timeout: float = 10.0) -> bool:
         """Cancel running generations and wait for them; True when every instance is idle."""
         for worker in list(self._workers):
@@ -139,7 +154,8 @@ class RuntimePool:
 class Generation:
     """One request's generation, streamed from the worker thread into the event loop."""
 
-    def __init__(self, pool: RuntimePool, runtime: Runtime, prepare: Callable[[Runtime], Prepared]) -> None:
+    def __init__(self, pool: RuntimePool, runtime: Runtime, prepare: Callable[[Runtime], Prepared] | None,
+                 work: Callable[[], Any] | None = None) -> None:  # fmt: skip
         assert pool._loop is not None
         self.stats = GenerationStats()
         self._loop = pool._loop
@@ -152,7 +168,7 @@ class Generation:
             pool._workers.discard(self._worker)
             self._call_in_loop(pool._release, runtime)
 
-        self._worker = WorkerStream(self._work, lambda item: self._call_in_loop(self._items.put_nowait, item),
+        self._worker = WorkerStream(work or self._work, lambda item: self._call_in_loop(self._items.put_nowait, item),
                                     on_exit=on_exit)  # fmt: skip
         pool._workers.add(self._worker)
         self._worker.start()
@@ -164,6 +180,7 @@ class Generation:
             pass
 
     def _work(self):  # runs on the worker thread
+        assert self._prepare is not None
         prepared = self._prepare(self._runtime)
         yield prepared
         yield from self._runtime.generate(prepared.prompt, prepared.params, self.stats)

@@ -1,7 +1,7 @@
 """The slice of OpenAI's HTTP API that the server speaks: request models, responses, errors.
 
-Requests are validated with pydantic; anything the server cannot honour (n > 1, logprobs,
-tools, penalties) is refused with a 400 rather than silently ignored. Field names, response
+Requests are validated with pydantic; anything the server cannot honour (n > 1, tools,
+penalties, streamed log-probabilities) is refused with a 400 rather than silently ignored. Field names, response
 objects and the error body follow https://platform.openai.com/docs/api-reference.
 """
 
@@ -13,6 +13,8 @@ import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from jmed_edge.runtimes.logprobs import TOP_MAX
 
 
 class RequestError(Exception):
@@ -59,7 +61,12 @@ class _Request(BaseModel):
 
     def refuse_unsupported(self) -> None:
         if self.n != 1:
-            raise RequestError(400, "n must be 1: this server returns one choice per request", param="n")
+            why = (
+                "at temperature 0 every choice would be the same answer"
+                if self.temperature == 0
+                else "this server returns one choice per prompt"
+            )
+            raise RequestError(400, f"n must be 1 ({why}); send n: 1, or separate requests", param="n")
         for name in ("frequency_penalty", "presence_penalty"):
             if getattr(self, name):
                 raise RequestError(400, f"{name} is not supported; use repeat_penalty instead", param=name)
@@ -97,14 +104,20 @@ class ChatRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
+    top_logprobs: int | None = None
     tools: list[Any] | None = None
     functions: list[Any] | None = None
     response_format: dict[str, Any] | None = None
 
     def refuse_unsupported(self) -> None:
         super().refuse_unsupported()
-        if self.logprobs:
-            raise RequestError(400, "logprobs are not supported by this server", param="logprobs")
+        if self.top_logprobs is not None:
+            check_top(self.top_logprobs, "top_logprobs")
+            if not self.logprobs:
+                raise RequestError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        if self.logprobs and self.stream:
+            raise RequestError(400, "logprobs are not streamed by this server; send stream: false",
+                               param="logprobs")  # fmt: skip
         if self.tools or self.functions:
             raise RequestError(
                 400, "tools and function calling are not supported by this server", param="tools"
@@ -123,10 +136,23 @@ class ChatRequest(_Request):
     def token_budget(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    @property
+    def top(self) -> int | None:
+        """Alternatives to list per answer token, or None when no logprobs were asked for."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+
+def check_top(value: int, param: str) -> None:
+    if not 0 <= value <= TOP_MAX:
+        raise RequestError(400, f"{param} must be between 0 and {TOP_MAX} (the number of most likely tokens "
+                           f"listed per position), not {value}", param=param)  # fmt: skip
+
 
 class CompletionRequest(_Request):
-    prompt: str | list[str]
-    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for /v1/completions
+    # A string, a list of strings, a list of token ids or a list of lists of token ids: checked
+    # in ``prompts`` so that a mixed list gets one clear message, not a union's error list.
+    prompt: Any
+    max_tokens: int | None = Field(16, ge=0)  # OpenAI's default for /v1/completions; 0 scores only
     echo: bool = False
     suffix: str | None = None
     logprobs: int | None = None
@@ -134,13 +160,57 @@ class CompletionRequest(_Request):
 
     def refuse_unsupported(self) -> None:
         super().refuse_unsupported()
-        for name in ("echo", "suffix", "logprobs"):
-            if getattr(self, name):
-                raise RequestError(400, f"{name} is not supported by this server", param=name)
+        if self.suffix:
+            raise RequestError(400, "suffix is not supported by this server", param="suffix")
         if self.best_of not in (None, 1):
             raise RequestError(400, "best_of must be 1", param="best_of")
-        if isinstance(self.prompt, list) and len(self.prompt) != 1:
-            raise RequestError(400, "send one prompt per request (a string)", param="prompt")
+        if self.logprobs is not None:
+            check_top(self.logprobs, "logprobs")
+        prompts = self.prompts()
+        if self.stream and not self.is_plain:
+            what = (
+                "several prompts"
+                if len(prompts) > 1
+                else "token ids"
+                if self.token_prompts
+                else "echo or logprobs"
+            )
+            raise RequestError(
+                400, f"a request with {what} is answered whole; send stream: false", param="stream"
+            )
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts in order; a 400 naming the problem for anything else."""
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return [prompt]
+        if not isinstance(prompt, list):
+            raise RequestError(400, "prompt must be a string, a list of strings, a list of token ids or a list "
+                               f"of lists of token ids, not {type(prompt).__name__}", param="prompt")  # fmt: skip
+        if not prompt:
+            raise RequestError(400, "prompt is an empty list; send at least one prompt", param="prompt")
+        if all(_is_id(x) for x in prompt):
+            return [list(prompt)]
+        if all(isinstance(x, str) for x in prompt):
+            return list(prompt)
+        if all(isinstance(x, list) and all(_is_id(t) for t in x) for x in prompt):
+            if not all(prompt):
+                raise RequestError(400, f"prompt {[len(x) for x in prompt].index(0)} is an empty list of token "
+                                   "ids", param="prompt")  # fmt: skip
+            return [list(x) for x in prompt]
+        raise RequestError(400, "prompt mixes kinds: send strings only, token ids only, or lists of token ids "
+                           "only", param="prompt")  # fmt: skip
+
+    @property
+    def token_prompts(self) -> bool:
+        return not isinstance(self.prompts()[0], str)
+
+    @property
+    def is_plain(self) -> bool:
+        """One text prompt, no echo, no logprobs, at least one token: the streaming path."""
+        return (isinstance(self.prompt, str) or (isinstance(self.prompt, list) and len(self.prompt) == 1
+                and isinstance(self.prompt[0], str))) and not self.echo and self.logprobs is None \
+            and self.max_tokens != 0  # fmt: skip
 
     def prompt_text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
@@ -148,6 +218,10 @@ class CompletionRequest(_Request):
     @property
     def token_budget(self) -> int | None:
         return self.max_tokens
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def parse_request(raw: bytes, model: type[_Request]) -> Any:
@@ -185,11 +259,12 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
             "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
 
 
-def chat_response(rid: str, model: str, text: str, reason: str, use: dict[str, int]) -> dict[str, Any]:
+def chat_response(rid: str, model: str, text: str, reason: str, use: dict[str, int],
+                  logprobs: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     return {
         "id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "finish_reason": reason, "logprobs": None}],
+                     "finish_reason": reason, "logprobs": logprobs}],
         "usage": use,
     }  # fmt: skip
 
@@ -202,11 +277,20 @@ def chat_chunk(
 
 
 def completion_response(rid: str, model: str, text: str, reason: str, use: dict[str, int]) -> dict[str, Any]:
-    return {
-        "id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "text": text, "finish_reason": reason, "logprobs": None}],
-        "usage": use,
-    }  # fmt: skip
+    return completions_response(rid, model, [completion_choice(0, text, reason)], use)
+
+
+def completion_choice(
+    index: int, text: str, reason: str, logprobs: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {"index": index, "text": text, "finish_reason": reason, "logprobs": logprobs}
+
+
+def completions_response(
+    rid: str, model: str, choices: list[dict[str, Any]], use: dict[str, int]
+) -> dict[str, Any]:
+    return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": choices, "usage": use}  # fmt: skip
 
 
 def completion_chunk(rid: str, model: str, created: int, text: str, reason: str | None) -> dict[str, Any]:
