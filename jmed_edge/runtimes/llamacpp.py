@@ -73,7 +73,9 @@ class LlamaCppRuntime:
 
     name = "llamacpp"
     # Tokens per fixed-position decode call (see kvplan): the granularity at which a prompt
-    # reuses a prefix already in the KV cache. Measured cost in the module docstring.
+    # reuses a prefix already in the KV cache. Cost against one call per prompt, cold, on the
+    # default model (benchmarks/perf/kv_block_cost.py, 1 thread, a loaded 2-core machine):
+    # 64 tokens +3%, 190 tokens -2%, 500 tokens -16%, i.e. within the noise of that machine.
     kv_block = 64
     accepts_token_prompts = True  # generate() takes token ids as well as text
     reports_logprobs = True  # generate() fills GenerationStats.tokens when asked
@@ -154,6 +156,7 @@ class LlamaCppRuntime:
         self._kv: list[int] = []
         self._bounds: list[int] = []
         self._rows: list[Row | None] = []
+        self._ends: dict[int, np.ndarray] = {}  # last logits row of each call that computed Rows
         self._logits_at: int | None = None
         self._formatter: dict[bool, Any] = {}
 
@@ -221,18 +224,21 @@ class LlamaCppRuntime:
         n_batch = self.llm.n_batch
         plan = plan_chunks(n, n if cut is None else cut, min(self.kv_block, n_batch), n_batch)
         common = common_prefix(self._kv, ids)
-        if rows:  # a kept position needs its Row, and the Row must predict this prompt's next token
-            have = next((i for i, row in enumerate(self._rows) if row is None), len(self._rows))
-            limit = min(common - 1, have, n - 1)
+        if rows:
+            keep = self._reusable_rows(ids, plan, common)
         else:
-            limit = min(common, logits_from)
-        keep = reusable(self._bounds, plan, max(limit, 0))
+            keep = reusable(self._bounds, plan, max(min(common, logits_from), 0))
         ctx = self.llm._ctx
         if not ctx.kv_cache_seq_rm(-1, keep, -1):  # a model whose cache cannot be truncated
             ctx.kv_cache_clear()
             keep = 0
         self._kv, self._rows = self._kv[:keep], self._rows[:keep]
         self._bounds = [b for b in self._bounds if b <= keep]
+        self._ends = {b: row for b, row in self._ends.items() if b <= keep}
+        if rows and keep and keep < n and self._rows[keep - 1].next_id != ids[keep]:
+            # The kept prefix ends where this prompt departs: its last Row is re-read for the new
+            # next token from that call's saved last logits (see _reusable_rows).
+            [self._rows[keep - 1]] = summarise_rows(self._ends[keep][None, :], [ids[keep]])
         self._logits_at = None
         want_from = keep if rows else logits_from
         batch = self.llm._batch.batch
@@ -268,6 +274,7 @@ class LlamaCppRuntime:
                 if rows:
                     nxt = [ids[p + 1] if p + 1 < n else None for p in range(start, end)]
                     self._rows.extend(summarise_rows(block, nxt))
+                    self._ends[end] = block[-1].copy()  # not a view: the block is let go
             if not rows or not n_out:
                 self._rows.extend([None] * len(chunk))
             start = end
@@ -282,9 +289,26 @@ class LlamaCppRuntime:
         )
         return keep, logits
 
+    def _reusable_rows(self, ids: list[int], plan: list[int], common: int) -> int:
+        """Tokens of the held cache a prompt scored token by token may keep.
+
+        Every kept position needs its Row, and a Row holds the log-probability of the token that
+        followed it then: positions before ``common - 1`` predict the same token now. The Row at
+        ``common - 1`` predicts a different one (the prompts depart there, as the choices of one
+        question do after their shared context); it can be re-read when a decode call ended
+        exactly there, since the last logits of each call are kept (one vocabulary-sized row
+        per call).
+        """
+        n = len(ids)
+        have = next((i for i, row in enumerate(self._rows) if row is None), len(self._rows))
+        keep = reusable(self._bounds, plan, max(min(common, have, n - 1), 0))
+        if keep and keep < n and self._rows[keep - 1].next_id != ids[keep] and keep not in self._ends:
+            keep = reusable(self._bounds, plan, max(min(common - 1, have, n - 1), 0))
+        return keep
+
     def forget_cache(self) -> None:
         """Drop the KV cache, so the next call evaluates its prompt from the first token."""
-        self._kv, self._bounds, self._rows = [], [], []
+        self._kv, self._bounds, self._rows, self._ends = [], [], [], {}
         self._logits_at = None
         self.llm._ctx.kv_cache_clear()
 
@@ -298,7 +322,9 @@ class LlamaCppRuntime:
         scored in the same decode calls is not computed again."""
         ids = [int(t) for t in token_ids]
         if len(ids) > 1:
-            self._decode(ids, 0, rows=True)
+            # The last token in a call of its own: prompts that differ only there (the choices
+            # of a question) share every call before it.
+            self._decode(ids, 0, cut=len(ids) - 1, rows=True)
         return prompt_token_logprobs(ids, self._rows[: len(ids) - 1], top)
 
     def score_continuations(self, context: str, continuations: Sequence[str]) -> list[ContinuationScore]:

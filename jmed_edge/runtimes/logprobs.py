@@ -42,17 +42,25 @@ class TokenLogprob:
 
 
 def summarise_rows(logits: np.ndarray, next_ids: Sequence[int | None], k: int = TOP_MAX) -> list[Row]:
-    """``Row`` per logits row; ``next_ids[i]`` is the token that followed row ``i`` (or None)."""
+    """``Row`` per logits row; ``next_ids[i]`` is the token that followed row ``i`` (or None).
+
+    ``log_softmax`` row by row without a float64 copy of the whole block: the normaliser in
+    float64 (the same value ``log_softmax`` subtracts), the top ``k`` found on the raw logits,
+    since log-softmax keeps their order. An echo of a 190-token prompt spends this on every
+    position, so it is kept to one pass over each row.
+    """
     if len(logits) == 0:
         return []
-    lp = log_softmax(np.asarray(logits))
-    k = min(k, lp.shape[-1])
-    part = np.argpartition(-lp, k - 1, axis=-1)[:, :k]
+    logits = np.asarray(logits, dtype=np.float32)
+    k = min(k, logits.shape[-1])
+    peak = logits.max(axis=-1, keepdims=True)
+    norm = peak[:, 0].astype(np.float64) + np.log(np.exp(logits - peak).sum(axis=-1, dtype=np.float64))
+    part = np.argpartition(logits, logits.shape[-1] - k, axis=-1)[:, -k:]
     rows = []
     for i, nxt in enumerate(next_ids):
-        ids = part[i][np.argsort(-lp[i, part[i]], kind="stable")]
-        top = tuple((int(t), float(lp[i, t])) for t in ids)
-        rows.append(Row(nxt, None if nxt is None else float(lp[i, nxt]), top))
+        ids = part[i][np.argsort(-logits[i, part[i]], kind="stable")]
+        top = tuple((int(t), float(logits[i, t]) - norm[i]) for t in ids)
+        rows.append(Row(nxt, None if nxt is None else float(logits[i, nxt]) - norm[i], top))
     return rows
 
 
