@@ -71,7 +71,7 @@ def test_a_question_diverges_where_its_prompt_or_a_scored_continuation_does() ->
 
 @pytest.mark.slow
 def test_bench_records_the_questions_a_gguf_tokenizes_unlike_its_source(
-    tiny_llama: Path, joined_bench: Path, tmp_path: Path
+    tiny_llama: Path, joined_bench: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from jmed_edge.convert.gguf import convert_to_gguf
     from jmed_edge.report.build import build_report
@@ -91,7 +91,14 @@ def test_bench_records_the_questions_a_gguf_tokenizes_unlike_its_source(
     assert on_disk["tokenizer_divergent_ids"] == {"ja": ["D1", "D2"]}
     cache = json.loads((folder / CACHE).read_text(encoding="utf-8"))
     assert cache["key"]["artifact_sha256"] == summary.sha256 and cache["key"]["benchmark_hash"]
+    from jmed_edge.bench import tokenizer_check
+
+    def no_load(src: Path) -> None:
+        raise AssertionError(f"loaded the tokenizer of {src} although every question is cached")
+
+    monkeypatch.setattr(tokenizer_check, "load_tokenizer", no_load)
     again = run_benchmark(wrong, spec, runs, settings)  # nothing left to score or tokenize
+    monkeypatch.undo()
     assert again.tokenizer_divergent_ids == {"ja": ["D1", "D2"]} and again.tokenizer_check["from_cache"] == 4
 
     assert run_benchmark(right, spec, tmp_path / "runs-right", settings).tokenizer_divergent_ids == {"ja": []}

@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,6 @@ class TokenizerCheck:
     checked: int = 0
     cached: int = 0
     seconds: float = 0.0
-    key: dict[str, Any] = field(default_factory=dict)
 
     def scored(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, list[str]] | None:
         """Divergent ids among the questions actually scored, per language (every language listed)."""
@@ -126,19 +125,14 @@ def _write_cache(folder: Path, key: dict[str, Any], by_lang: dict[str, Any]) -> 
     write_text_atomic(folder / CACHE, json.dumps(payload, indent=1, ensure_ascii=False) + "\n")
 
 
-def source_tokenizer(artifact_folder: Path) -> tuple[Path | None, Any, str | None]:
-    """The HF source folder, its tokenizer, or why there is none (never raises)."""
-    from jmed_edge.convert.verify import source_of
-
-    src = source_of(artifact_folder)
-    if src is None:
-        return None, None, NO_SOURCE
+def load_tokenizer(src: Path) -> tuple[Any, str | None]:
+    """The source's Hugging Face tokenizer, or why it cannot be read (never raises)."""
     try:
         from transformers import AutoTokenizer
 
-        return src, AutoTokenizer.from_pretrained(src), None
+        return AutoTokenizer.from_pretrained(src), None
     except Exception as exc:  # a source folder without a readable tokenizer: recorded, never fatal
-        return src, None, f"the source {src} has no readable tokenizer ({type(exc).__name__}: {exc})"
+        return None, f"the source {src} has no readable tokenizer ({type(exc).__name__}: {exc})"
 
 
 def check_artifact(
@@ -158,18 +152,22 @@ def check_artifact(
         return TokenizerCheck(empty, reason=reason, checked=len(items))
     if info.format not in CHECKED_FORMATS:
         return TokenizerCheck(None, reason=f"not checked for {info.format} artifacts")
+    from jmed_edge.convert.verify import _hf_tokenize, source_of
+
     started = time.perf_counter()
-    src, tok, reason = source_tokenizer(info.folder)
-    if tok is None:
-        log.warning("tokenizer check skipped for %s: %s", info.path, reason)
-        return TokenizerCheck(None, str(src) if src else None, reason)
+    src = source_of(info.folder)
+    if src is None:
+        log.warning("tokenizer check skipped for %s: %s", info.path, NO_SOURCE)
+        return TokenizerCheck(None, None, NO_SOURCE)
     key = cache_key(artifact_sha256, benchmark_hash, settings, src)
     by_lang = _read_cache(run_folder, key)
     done = {(lang, qid) for lang, entry in by_lang.items() for qid in entry.get("checked", [])}
     todo = [q for q in items if (q.lang, q.id) not in done]
-    if todo:
-        from jmed_edge.convert.verify import _hf_tokenize
-
+    if todo:  # the tokenizer and the runtime are loaded only when something is not cached
+        tok, reason = load_tokenizer(src)
+        if tok is None:
+            log.warning("tokenizer check skipped for %s: %s", info.path, reason)
+            return TokenizerCheck(None, str(src), reason)
         runtime, owned = open_runtime()
         try:
             found = divergent_questions(
@@ -187,7 +185,7 @@ def check_artifact(
         _write_cache(run_folder, key, by_lang)
     divergent = {lang: sorted(set(entry.get("divergent", []))) for lang, entry in by_lang.items()}
     result = TokenizerCheck(divergent, str(src), None, checked=len(items), cached=len(items) - len(todo),
-                            seconds=time.perf_counter() - started, key=key)  # fmt: skip
+                            seconds=time.perf_counter() - started)  # fmt: skip
     n = sum(len(v) for v in divergent.values())
     if n:
         log.info("%s: %d of %d questions tokenize differently from %s", info.path, n, len(items), src)
