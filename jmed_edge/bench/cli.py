@@ -166,9 +166,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_one(info: Any, bench: Any, args: argparse.Namespace, settings: Any, runtime: Any, console: Any):
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from jmed_edge.bench.runner import run_benchmark
+    from jmed_edge.bench.tokenizer_check import note as tokenizer_note
 
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -189,6 +191,8 @@ def _run_one(info: Any, bench: Any, args: argparse.Namespace, settings: Any, run
             ci = seq["delta_ci"] or {"low": float("nan"), "high": float("nan")}
             console.print(f"{info.name} / {bench.label} / {lang}: {verdict} after {seq['n_used']} of "
                           f"{seq['n_available']} questions (Δ in [{ci['low']:+.1f}, {ci['high']:+.1f}] points)")  # fmt: skip
+        if (line := tokenizer_note(summary)) is not None:
+            console.print(f"[yellow]{escape(line)}[/]", highlight=False)
         bar.update(task, completed=summary.n, total=summary.n, acc=summary.accuracy,
                    qps=summary.timings.get("questions_per_second", 0.0))  # fmt: skip
     return summary

@@ -33,7 +33,8 @@ from jmed_edge.bench.records import Benchmark, Question
 from jmed_edge.bench.registry import load_benchmark
 from jmed_edge.bench.scoring import question_set_hash, summarize
 from jmed_edge.bench.settings import BenchProgress, BenchSettings, Summary
-from jmed_edge.bench.strategies import score_generate, score_loglik
+from jmed_edge.bench.strategies import render_prompt, score_generate, score_loglik
+from jmed_edge.bench.tokenizer_check import TokenizerCheck, check_artifact
 from jmed_edge.errors import ConfigError, DataError
 from jmed_edge.fsutil import write_text_atomic
 from jmed_edge.manifest import Manifest
@@ -237,6 +238,13 @@ def run_benchmark(
     elif runtime is not None:
         load_seconds = float(getattr(runtime, "load_seconds", 0.0))
 
+    try:
+        parity = _tokenizer_check(plan, settings, runtime)
+    except Exception:
+        if own_runtime:
+            runtime.close()
+        raise
+
     rows = list(done_rows)
     n_correct = sum(1 for r in rows if r["correct"])
     started = time.perf_counter()
@@ -318,11 +326,28 @@ def run_benchmark(
         sha256=sha, size_bytes=info.size_bytes, out_dir=str(folder), metrics=metrics, sequential=sequential,
         repaired=[{"where": q.where, "lang": q.lang, "repair": q.meta["repaired"]}
                   for q in bench.records if q.meta.get("repaired")][:MAX_SKIPPED_LISTED],
+        tokenizer_divergent_ids=parity.scored(rows), tokenizer_check=parity.record(),
     )  # fmt: skip
     write_text_atomic(folder / SUMMARY, json.dumps(summary.to_dict(), indent=2, ensure_ascii=False) + "\n")
     if summary.complete:
         _seal_run_folder(folder.parent, info, name, sha)
     return summary
+
+
+def _tokenizer_check(plan: RunPlan, settings: BenchSettings, runtime: Any) -> TokenizerCheck:
+    """Which planned questions the artifact tokenizes unlike its source (cached in the run folder)."""
+
+    def opened() -> tuple[Any, bool]:
+        if runtime is not None:
+            return runtime, False
+        from jmed_edge.runtimes import open_runtime
+
+        return open_runtime(plan.info, **settings.runtime_options), True
+
+    return check_artifact(
+        plan.info, plan.folder, plan.items, settings, plan.sha256, plan.bench.content_hash, opened,
+        lambda rt, q: render_prompt(rt, q, settings, plan.shots),
+    )  # fmt: skip
 
 
 def _shots(bench: Benchmark, lang: str, k: int) -> list[Question]:

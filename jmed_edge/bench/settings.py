@@ -113,6 +113,10 @@ class Summary:
     sequential: dict[str, Any] | None = None
     # records the loader repaired as it read them (a lone "," between answer letters), by file:line
     repaired: list[dict[str, str]] = field(default_factory=list)
+    # GGUF/ONNX: per language, the scored questions whose ids differ from the HF source tokenizer's
+    # (bench.tokenizer_check); None when there was no source tokenizer to compare with
+    tokenizer_divergent_ids: dict[str, list[str]] | None = None
+    tokenizer_check: dict[str, Any] | None = None  # the source, what was compared, or why not
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

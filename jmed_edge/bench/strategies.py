@@ -44,7 +44,7 @@ def _base_row(q: Question, k: int, k_source: str) -> dict[str, Any]:
     return row
 
 
-def _prompt(
+def render_prompt(
     runtime: Any, q: Question, settings: BenchSettings, shots: Mapping[str, Sequence[Question]]
 ) -> str:
     view = ChatTemplateView(runtime) if settings.template == "chat" else None
@@ -55,7 +55,7 @@ def score_loglik(
     runtime: Any, batch: Sequence[Question], settings: BenchSettings, shots: Mapping[str, Sequence[Question]]
 ) -> list[dict[str, Any]]:
     """Score every option (by letter; also by text when the scoring asks for it); pick the top k."""
-    prompts = [_prompt(runtime, q, settings, shots) for q in batch]
+    prompts = [render_prompt(runtime, q, settings, shots) for q in batch]
     with_text = settings.scoring != "letter"
     requests = []
     for q, prompt in zip(batch, prompts, strict=True):
@@ -96,7 +96,7 @@ def score_generate(
     """Greedy answer, then letters (or the number) read from it, plus the JMedLoRA text metrics."""
     rows = []
     for q in batch:
-        prompt = _prompt(runtime, q, settings, shots)
+        prompt = render_prompt(runtime, q, settings, shots)
         params = SamplingParams(max_tokens=settings.max_new_tokens, temperature=0.0, seed=settings.seed,
                                 stop=GENERATION_STOPS)  # fmt: skip
         stats = GenerationStats()

@@ -20,6 +20,7 @@ from jmed_edge.fsutil import human_bytes
 from jmed_edge.report.model import ArtifactRow, Cell, ReportData
 from jmed_edge.report.recommend import check_max_loss, check_prefer, recommend
 from jmed_edge.report.stats import Interval, bootstrap_ci, noninferiority, paired
+from jmed_edge.report.tokenization import exclude_divergent
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +217,8 @@ def _cells(
                                   points_noninferior=cmp.points_noninferior and True)  # fmt: skip
                 else:
                     by_category += _category_rows(run, ref, keys, lang, max_loss)
+                cmp = exclude_divergent(cmp, keys, lang, (run.summary, run.answers), (ref.summary, ref.answers),
+                                        is_reference=run.artifact == reference, max_loss=max_loss)  # fmt: skip
             # Generation runs carry the JMedLoRA metrics per answer (report name: prediction key).
             gen = {name: sum(float(run.answers[k][key]) for k in keys) / len(keys)
                    for name, key in (("exact_match", "exact_match"), ("gestalt_score", "gestalt"),

@@ -37,6 +37,9 @@ def accuracy_rows(data: ReportData) -> tuple[list[str], list[list[str]]]:
     head = ["artifact", "benchmark", "lang", "n", "accuracy % [95% CI]", "points %",
             "Δ vs ref (pts) [95% CI]", f"non-inferior (-{max_loss:g} pt{'' if max_loss == 1 else 's'})", "p (McNemar)",
             "flips R→W / W→R"] + (["points Δ [95% CI]"] if with_points else [])  # fmt: skip
+    with_tok = with_tokenizer_columns(data)
+    if with_tok:  # beside the full Δ, so conversion and quantization loss are read side by side
+        head[7:7] = ["tokenized unlike source", "Δ without them [95% CI]"]
     rows = []
     for c in sorted(
         data.cells, key=lambda c: (c.benchmark, c.lang, c.artifact != data.reference, c.artifact)
@@ -53,11 +56,38 @@ def accuracy_rows(data: ReportData) -> tuple[list[str], list[list[str]]]:
             "-" if is_ref else f"{cmp.p_value:.3g}",
             "-" if is_ref else f"{cmp.right_to_wrong} / {cmp.wrong_to_right}",
         ]  # fmt: skip
+        if with_tok:
+            row[7:7] = tokenizer_cells(cmp, c.artifact == data.reference)
         if with_points:
             row.append("-" if is_ref or cmp.points_delta_ci is None
                        else f"{cmp.points_delta:+.1f} {_ci(cmp.points_delta_ci.low, cmp.points_delta_ci.high)}")  # fmt: skip
         rows.append(row)
     return head, rows
+
+
+def with_tokenizer_columns(data: ReportData) -> bool:
+    """Whether any cell knows which questions its runs tokenized unlike the HF source."""
+    return any(
+        c.vs_reference is not None and c.vs_reference.tokenizer_divergent is not None for c in data.cells
+    )
+
+
+def tokenizer_cells(cmp, is_ref: bool) -> list[str]:
+    """The divergent-question count and the Δ over the other questions ("-" where unknown)."""
+    if cmp is None or cmp.tokenizer_divergent is None:
+        return ["-", "-"]
+    rest = cmp.delta_excluding_divergent
+    if is_ref or rest is None:
+        return [str(cmp.tokenizer_divergent), "-"]
+    return [str(cmp.tokenizer_divergent), f"{rest.delta:+.1f} {_ci(rest.delta_ci.low, rest.delta_ci.high)}"]
+
+
+_TOKENIZER_NOTE = (
+    ' "Tokenized unlike source": questions (of n) for which the artifact or the reference feeds other '
+    "token ids than the Hugging Face source tokenizer gives (prompt or answer continuations); "
+    '"Δ without them" is the paired difference over the remaining questions. A loss that remains without '
+    "them is the quantization's; one that disappears came from the conversion's tokenizer."
+)
 
 
 def category_rows(data: ReportData) -> tuple[list[str], list[list[str]]]:
@@ -201,7 +231,7 @@ def sections(data: ReportData, figures: dict[str, Path]) -> list[tuple[str, str,
         ("Recommendation", _recommendation_text(data), None, None),
         (
             "Accuracy against the reference",
-            f"Reference: **{data.reference}**.",
+            f"Reference: **{data.reference}**." + (_TOKENIZER_NOTE if with_tokenizer_columns(data) else ""),
             accuracy_rows(data),
             "accuracy_vs_size",
         ),

@@ -166,6 +166,15 @@ def paired_bootstrap_delta(
 
 
 @dataclass(frozen=True)
+class ExcludedDelta:
+    """The paired difference recomputed without some questions (``n`` is what is left)."""
+
+    n: int
+    delta: float  # percentage points, candidate minus reference
+    delta_ci: Interval
+
+
+@dataclass(frozen=True)
 class PairedComparison:
     """Candidate against reference on the same questions. ``delta`` and ``delta_ci`` are in
     percentage points (candidate minus reference); ``noninferior`` reads the interval against
@@ -184,6 +193,10 @@ class PairedComparison:
     points_delta_ci: Interval | None = None
     points_noninferior: bool | None = None
     method: str = "newcombe-hybrid-score"
+    # Questions either side tokenizes unlike the HF source (None: unknown for one side), and the
+    # difference without them: what quantization costs apart from the conversion's tokenizer.
+    tokenizer_divergent: int | None = None
+    delta_excluding_divergent: ExcludedDelta | None = None
 
     def decision(self, max_loss: float) -> bool | None:
         """Non-inferiority at another allowed loss, from the stored intervals.

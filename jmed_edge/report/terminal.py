@@ -14,6 +14,7 @@ from rich.table import Table
 from jmed_edge.fsutil import human_bytes
 from jmed_edge.report.model import ReportData
 from jmed_edge.report.recommend import SIGNIFICANCE, decision
+from jmed_edge.report.tokenization import divergence_lines
 
 MARKS = {"certified": "✓", "inferior": "✗", "undecided": "?", "reference": "ref"}
 
@@ -96,6 +97,8 @@ def print_summary(data: ReportData, console: Console) -> None:
         console.print(f"[red]significant loss:[/] {escape(loss)}", highlight=False)
     for entry in data.exams:
         console.print(escape(exam_sentence(entry)), highlight=False)
+    for line in divergence_lines(data.cells, data.reference, data.short_names()):
+        console.print(f"[yellow]{escape(line)}[/]", highlight=False)
     if data.new_kinki:
         ids = ", ".join(f"{k['artifact']} {k['id']}/{k['lang']}" for k in data.new_kinki[:10])
         more = f" (+{len(data.new_kinki) - 10} more in report.md)" if len(data.new_kinki) > 10 else ""
