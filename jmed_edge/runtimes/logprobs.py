@@ -14,8 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from jmed_edge.runtimes.base import log_softmax
-
 # OpenAI's limit on top_logprobs (chat) and logprobs (legacy completions).
 TOP_MAX = 20
 
