@@ -105,6 +105,29 @@ def test_a_japanese_name_is_kept_in_metadata(tiny_llama: Path, tmp_path: Path) -
     assert read_manifest(done["Q8_0"]).name == "医療モデル-7B-Q8_0"
 
 
+@pytest.mark.parametrize("which,family", [("llama_gguf", "llama3"), ("qwen_gguf", "chatml")])
+def test_a_modelfile_beside_each_gguf_renders_like_its_chat_template(
+    which: str, family: str, request
+) -> None:
+    from test_convert_modelfile import EXTRA, ollama_render, parse_modelfile
+
+    from jmed_edge.convert.ggufinfo import KEY_ADD_BOS, read_gguf
+    from jmed_edge.convert.modelfile import PROBES, render_jinja, source_tokens
+
+    for folder in request.getfixturevalue(which).values():
+        manifest = read_manifest(folder)
+        text = (folder / "Modelfile").read_text(encoding="utf-8")
+        assert parse_modelfile(text)[0] == ("FROM", f"./{manifest.details['file']}")
+        assert manifest.details["modelfile"]["template"] == family and "Modelfile" in manifest.files
+        info = read_gguf(folder / manifest.details["file"])
+        bos, eos = source_tokens(Path(manifest.details["source"]))
+        for messages in [*map(list, PROBES), EXTRA]:
+            want = render_jinja(info.get("tokenizer.chat_template"), messages, bos, eos)
+            if info.get(KEY_ADD_BOS) and bos:
+                want = want.removeprefix(bos)  # llama.cpp adds it when it tokenizes the prompt
+            assert ollama_render(text, messages) == want
+
+
 def test_folders_with_the_old_file_names_are_still_found(llama_gguf: dict[str, Path], tmp_path: Path) -> None:
     from jmed_edge.artifacts import describe
 

@@ -152,6 +152,7 @@ SMOLLM2 = (  # SmolLM2-*-Instruct's tokenizer_config.json
     "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 QWEN25 = (  # Qwen2.5-Instruct's template without its tool-calling branches
     "{%- if messages[0]['role'] == 'system' %}\n"
     "    {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n"
@@ -205,13 +206,9 @@ EXTRA = [
 @pytest.mark.parametrize(
     "template,bos,add_bos,family,system",
     [
-        (
-            SMOLLM2,
-            "",
-            False,
-            "chatml",
-            "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
-        ),
+        (SMOLLM2, "", False, "chatml", SMOLLM2_SYSTEM),
+        # SmolLM2's tokenizer_config.json: its BOS is also the turn opener, and the template never writes it
+        (SMOLLM2, "<|im_start|>", False, "chatml", SMOLLM2_SYSTEM),
         (QWEN25, "", False, "chatml", "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."),
         (LLAMA3, "<|begin_of_text|>", True, "llama3", None),
         (LLAMA3, "<|begin_of_text|>", False, "llama3", None),  # BOS kept in TEMPLATE
@@ -229,7 +226,7 @@ def test_translated_template_renders_like_the_jinja_template(template, bos, add_
     assert found.trims == (template is LLAMA3) and ("strips whitespace" in text) == found.trims
     for messages in [*map(list, PROBES), EXTRA, EXTRA[1:]]:
         want = render_jinja(template, messages, bos)
-        if add_bos:  # llama.cpp adds the BOS the Jinja template writes
+        if add_bos and "bos_token" in template:  # llama.cpp adds the BOS the Jinja template writes
             assert want.startswith(bos)
             want = want[len(bos) :]
         assert ollama_render(text, messages) == want

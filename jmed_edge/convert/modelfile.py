@@ -26,6 +26,10 @@ MODELFILE = "Modelfile"
 MAX_NUM_CTX = 4096
 
 Message = dict[str, str]
+# Stands in for bos_token while recognising a template: some models' BOS is also their turn
+# opener (SmolLM2's is <|im_start|>), so comparing the rendered text with the BOS string would
+# mistake the first turn for a BOS.
+_BOS_MARK = "\ue000BOS\ue000"
 
 
 @dataclass(frozen=True)
@@ -130,14 +134,15 @@ def translate(template: str | None, bos: str = "", eos: str = "", add_bos: bool 
     if not template:
         return Translation(None, None, "the GGUF has no chat template (tokenizer.chat_template)")
 
-    try:
-        expected = [render_jinja(template, list(p), bos, eos) for p in PROBES]
+    try:  # BOS rendered as a marker: whether the template writes bos_token is then unambiguous
+        marked = [render_jinja(template, list(p), _BOS_MARK, eos) for p in PROBES]
     except Exception as exc:  # a template error is a reason to fall back, never to fail the conversion
         return Translation(None, None, f"its Jinja template fails on the probe conversations ({exc})")
-    prefix = ""
-    if bos and all(out.startswith(bos) for out in expected):
-        expected = [out[len(bos) :] for out in expected]
-        prefix = "" if add_bos else bos  # llama.cpp adds BOS itself when the GGUF says so
+    writes_bos = all(out.startswith(_BOS_MARK) for out in marked)
+    expected = [out.removeprefix(_BOS_MARK) if writes_bos else out for out in marked]
+    if any(_BOS_MARK in out for out in expected):
+        return Translation(None, None, "its Jinja template writes bos_token inside the prompt")
+    prefix = bos if writes_bos and not add_bos else ""  # llama.cpp adds BOS itself when the GGUF says so
     for family in FAMILIES:
         system = _default_system(family, expected[0], PROBES[0])
         matched = True
@@ -149,19 +154,19 @@ def translate(template: str | None, bos: str = "", eos: str = "", add_bos: bool 
                 matched = False
                 break
         if matched:
-            return Translation(family, system, "", prefix, _trims(template, family, bos, eos))
+            return Translation(family, system, "", prefix, _trims(template, family, eos))
     names = ", ".join(f.name for f in FAMILIES)
     return Translation(None, None, f"it renders like none of the chat layouts translated here ({names})")
 
 
-def _trims(template: str, family: ChatFamily, bos: str, eos: str) -> bool:
+def _trims(template: str, family: ChatFamily, eos: str) -> bool:
     """Whether the Jinja template strips a message's surrounding whitespace (Llama 3's does)."""
     messages = [{"role": "system", "content": "s"}, {"role": "user", "content": " 発熱 \n"}]
     try:
-        out = render_jinja(template, messages, bos, eos)
+        out = render_jinja(template, messages, _BOS_MARK, eos)
     except Exception:
         return False
-    return out.removeprefix(bos) != family.render(messages)
+    return out.removeprefix(_BOS_MARK) != family.render(messages)
 
 
 def _default_system(family: ChatFamily, rendered: str, probe: tuple[Message, ...]) -> str | None:
