@@ -137,6 +137,7 @@ def test_quant_flag_takes_onnx_precisions(tmp_path: Path) -> None:
         (["--to", "onnx", "--quant", "q4_k_m,int4"], "q4_k_m is a GGUF type (--to gguf); --to onnx takes"),
         (["--to", "gguf", "--quant", "q8_0,int4"], "int4 is an ONNX precision; use --to onnx --quant int4"),
         (["--to", "gguf", "--onnx-precision", "int4"], "--onnx-precision int4 applies to --to onnx"),
+        (["--to", "onnx", "--name", "med-7B"], "--name applies to --to gguf"),
     ],
 )
 def test_a_type_for_the_other_format_is_one_clear_line(run_cli, tmp_path: Path, args, message) -> None:

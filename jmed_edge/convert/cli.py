@@ -90,7 +90,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--no-verify", action="store_true", help="skip the checks against the source (not recommended)"
     )
     parser.add_argument("--list-presets", action="store_true", help="list target-machine presets and exit")
-    parser.add_argument("--list-quants", action="store_true", help="list quantization types and exit")
+    parser.add_argument(
+        "--list-quants", action="store_true", help="list GGUF quantization types and ONNX precisions and exit"
+    )
     from jmed_edge.convert.onnx.cli import add_onnx_arguments
 
     add_onnx_arguments(parser)

@@ -138,6 +138,10 @@ def to_onnx(args: argparse.Namespace, console) -> dict[str, Path]:
         raise ConfigError(
             "convert needs SRC and --out, e.g.: jmed-edge convert runs/merged --to onnx --out runs/onnx"
         )
+    if getattr(args, "name", None):
+        raise ConfigError(
+            "--name applies to --to gguf (GGUF file names and metadata); ONNX folders are onnx-<precision>"
+        )
     request = request_from_args(args)
     written = convert_to_onnx(args.src, args.out, request["precisions"], target=request["target"],
                               exporter=request["exporter"], options=request["options"],
