@@ -9,7 +9,9 @@ metadata) and, with ``--log_samples``, ``samples_<task>_<date>.jsonl`` (one line
 bench run folder: each benchmark × language is a task (``jmed-sample_ja``) in a group named
 after the benchmark, scored with lm-eval's ``acc`` (mean, with its standard error) and, where the
 benchmark has points (IgakuQA), ``points``. Letter log-likelihoods are the ``resps``, as lm-eval's
-``multiple_choice`` tasks log them; generate-mode runs log the generated text.
+``multiple_choice`` tasks log them; generate-mode runs log the generated text. The prompt itself
+(``arguments.gen_args_N.arg_0``) is left empty: ``predictions.jsonl`` does not keep prompts,
+only what identifies them (``doc`` holds the question id, language, gold and jmed-edge's pick).
 """
 
 from __future__ import annotations
