@@ -41,7 +41,7 @@ class ArtifactInfo:
 _GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 
 
-def _gguf_general_type(path: Path) -> str:
+def gguf_general_type(path: Path) -> str:
     """'model' or 'adapter' from the GGUF header's ``general.type``.
 
     Reads key/value pairs only until that key, skipping values; gguf-py's GGUFReader would parse
@@ -101,7 +101,7 @@ def _from_gguf_file(path: Path, manifest: Manifest | None) -> ArtifactInfo:
     with open(path, "rb") as fh:
         if fh.read(4) != b"GGUF":
             raise ArtifactError(f"{path} is not a GGUF file (bad magic); re-convert it")
-    lora = (manifest.kind == "gguf-lora") if manifest else _gguf_general_type(path) == "adapter"
+    lora = (manifest.kind == "gguf-lora") if manifest else gguf_general_type(path) == "adapter"
     fmt = "gguf-lora" if lora else "gguf"
     return ArtifactInfo(
         path, fmt, fmt, path, manifest, manifest.name if manifest and manifest.name else path.stem

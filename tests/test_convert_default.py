@@ -56,3 +56,46 @@ def test_quantization_loss_grows_as_bits_shrink(converted) -> None:
     for lang in ("ja", "en"):
         assert loss["Q8_0"][lang]["kl_mean"] < loss["Q4_K_M"][lang]["kl_mean"]
         assert loss["Q8_0"][lang]["top1"] > 0.85
+
+
+def test_files_carry_the_model_name_and_general_metadata(converted) -> None:
+    from gguf import GGUFReader
+
+    _, out = converted
+    for name in ("F16", "Q8_0", "Q4_K_M"):
+        files = sorted(p.name for p in (out / name).glob("*.gguf"))
+        assert files == [f"SmolLM2-135M-Instruct-{name}.gguf"]
+    reader = GGUFReader(out / "Q4_K_M" / "SmolLM2-135M-Instruct-Q4_K_M.gguf")
+    meta = {k: reader.get_field(k).contents() for k in ("general.name", "general.basename", "general.size_label",
+            "general.finetune", "general.license", "general.quantized_by")}  # fmt: skip
+    assert meta == {"general.name": "SmolLM2-135M-Instruct", "general.basename": "SmolLM2",
+                    "general.size_label": "135M", "general.finetune": "Instruct",
+                    "general.license": "apache-2.0", "general.quantized_by": "jmed-edge"}  # fmt: skip
+
+
+def test_q4_k_m_used_the_bilingual_imatrix_without_being_asked(converted) -> None:
+    _, out = converted
+    q4 = read_manifest(out / "Q4_K_M")
+    assert q4.config["imatrix"] == "auto" and q4.details["imatrix"]["calibration"]["languages"] == [
+        "ja",
+        "en",
+    ]
+    assert read_manifest(out / "Q8_0").details["imatrix_used"] is False
+
+
+def test_the_modelfile_renders_like_the_embedded_chat_template(converted) -> None:
+    from test_convert_modelfile import EXTRA, ollama_render, parse_modelfile
+
+    from jmed_edge.convert.ggufinfo import read_gguf
+    from jmed_edge.convert.modelfile import PROBES, render_jinja
+
+    _, out = converted
+    folder = out / "Q4_K_M"
+    text = (folder / "Modelfile").read_text(encoding="utf-8")
+    commands = parse_modelfile(text)
+    assert commands[0] == ("FROM", "./SmolLM2-135M-Instruct-Q4_K_M.gguf")
+    assert ("SYSTEM", "You are a helpful AI assistant named SmolLM, trained by Hugging Face") in commands
+    assert read_manifest(folder).details["modelfile"]["template"] == "chatml"
+    template = read_gguf(folder / "SmolLM2-135M-Instruct-Q4_K_M.gguf").get("tokenizer.chat_template")
+    for messages in [*map(list, PROBES), EXTRA]:
+        assert ollama_render(text, messages) == render_jinja(template, messages)

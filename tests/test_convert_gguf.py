@@ -12,6 +12,7 @@ import pytest
 
 from jmed_edge.convert.gguf import gguf_fingerprint, up_to_date
 from jmed_edge.convert.llamacpp_tools import tools_status
+from jmed_edge.convert.quant_types import quant_type
 from jmed_edge.manifest import read_manifest
 from jmed_edge.testing.numerics import F16_VS_FP32_KL
 
@@ -38,16 +39,20 @@ def qwen_gguf(tiny_qwen2: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     return _convert(tiny_qwen2, tmp_path_factory.mktemp("gguf") / "qwen2")
 
 
-@pytest.mark.parametrize("which", ["llama_gguf", "qwen_gguf"])
-def test_each_type_is_a_verified_artifact(which: str, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize("which,model", [("llama_gguf", "tiny-llama"), ("qwen_gguf", "tiny-qwen2")])
+def test_each_type_is_a_verified_artifact(which: str, model: str, request: pytest.FixtureRequest) -> None:
     folders = request.getfixturevalue(which)
     assert list(folders) == list(TYPES)
     out = folders["F16"].parent
-    assert sorted(p.name for p in out.iterdir()) == sorted(TYPES)  # no staging leftovers, no imatrix
+    # no staging leftovers; the importance matrix Q4_K_M was made with (auto is the default)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*TYPES, "imatrix-medical-ja-en.gguf"])
     for name, folder in folders.items():
         manifest = read_manifest(folder)
         assert manifest.kind == "gguf" and manifest.format == "gguf"
-        assert (folder / f"model-{name}.gguf").is_file()
+        # <model>-<TYPE>.gguf, the model named by the source's manifest
+        file = f"{model}-{name}.gguf"
+        assert (folder / file).is_file() and manifest.details["file"] == file
+        assert manifest.name == f"{model}-{name}" and manifest.details["model_name"] == model
         assert manifest.details["quant"] == name and manifest.details["size_bytes"] > 0
         assert manifest.verification["passed"] is True
         checks = {c["name"]: c for c in manifest.verification["checks"]}
@@ -65,6 +70,72 @@ def test_f16_matches_the_source_and_records_its_pre_tokenizer(which: str, pre: s
     assert manifest.parent["path"] == str(src) and manifest.parent["kind"] == "model"
     logits = next(c for c in manifest.verification["checks"] if c["name"] == "logit parity")
     assert logits["passed"] and logits["kl_mean"] < F16_VS_FP32_KL and logits["max_abs_diff"] < logits["atol"]
+
+
+@pytest.mark.parametrize("quant", TYPES)
+def test_general_metadata_reads_like_llama_cpp_s_own(llama_gguf: dict[str, Path], quant: str) -> None:
+    # read back with gguf-py's reader, the way the Hugging Face GGUF viewer and llama.cpp read it
+    from gguf import GGUFReader
+
+    reader = GGUFReader(next(llama_gguf[quant].glob("*.gguf")))
+
+    def value(key: str):
+        field = reader.get_field(key)
+        return None if field is None else field.contents()
+
+    assert value("general.name") == "tiny-llama" and value("general.basename") == "tiny-llama"
+    assert value("general.license") == "apache-2.0" and value("general.quantized_by") == "jmed-edge"
+    size_label = value("general.size_label")  # counted by llama.cpp: the name carries no size
+    assert isinstance(size_label, str) and size_label[-1] in "KMB" and size_label[0].isdigit()
+    if quant != "F16":  # the quantizer copies general.* from the F16
+        assert value("general.file_type") == quant_type(quant).ftype
+
+
+def test_a_japanese_name_is_kept_in_metadata(tiny_llama: Path, tmp_path: Path) -> None:
+    from gguf import GGUFReader
+
+    from jmed_edge.convert.gguf import convert_to_gguf
+
+    done = convert_to_gguf(tiny_llama, tmp_path / "ja", quants="q8_0", name="医療モデル-7B", verify=False)
+    assert sorted(p.name for p in done["Q8_0"].glob("*.gguf")) == ["tiny-llama-7B-Q8_0.gguf"]
+    reader = GGUFReader(done["Q8_0"] / "tiny-llama-7B-Q8_0.gguf")
+    assert reader.get_field("general.name").contents() == "医療モデル-7B"
+    assert reader.get_field("general.basename").contents() == "医療モデル"
+    assert reader.get_field("general.size_label").contents() == "7B"
+    assert read_manifest(done["Q8_0"]).name == "医療モデル-7B-Q8_0"
+
+
+@pytest.mark.parametrize("which,family", [("llama_gguf", "llama3"), ("qwen_gguf", "chatml")])
+def test_a_modelfile_beside_each_gguf_renders_like_its_chat_template(
+    which: str, family: str, request
+) -> None:
+    from test_convert_modelfile import EXTRA, ollama_render, parse_modelfile
+
+    from jmed_edge.convert.ggufinfo import KEY_ADD_BOS, read_gguf
+    from jmed_edge.convert.modelfile import PROBES, render_jinja, source_tokens
+
+    for folder in request.getfixturevalue(which).values():
+        manifest = read_manifest(folder)
+        text = (folder / "Modelfile").read_text(encoding="utf-8")
+        assert parse_modelfile(text)[0] == ("FROM", f"./{manifest.details['file']}")
+        assert manifest.details["modelfile"]["template"] == family and "Modelfile" in manifest.files
+        info = read_gguf(folder / manifest.details["file"])
+        bos, eos = source_tokens(Path(manifest.details["source"]))
+        for messages in [*map(list, PROBES), EXTRA]:
+            want = render_jinja(info.get("tokenizer.chat_template"), messages, bos, eos)
+            if info.get(KEY_ADD_BOS) and bos:
+                want = want.removeprefix(bos)  # llama.cpp adds it when it tokenizes the prompt
+            assert ollama_render(text, messages) == want
+
+
+def test_folders_with_the_old_file_names_are_still_found(llama_gguf: dict[str, Path], tmp_path: Path) -> None:
+    from jmed_edge.artifacts import describe
+
+    old = tmp_path / "Q8_0"
+    shutil.copytree(llama_gguf["Q8_0"], old)
+    (old / "tiny-llama-Q8_0.gguf").rename(old / "model-Q8_0.gguf")
+    info = describe(old)
+    assert info.format == "gguf" and info.model_file == old / "model-Q8_0.gguf"
 
 
 def test_quantized_types_record_bilingual_kl_against_f16(llama_gguf: dict[str, Path]) -> None:
@@ -89,7 +160,9 @@ def test_quantized_types_record_bilingual_kl_against_f16(llama_gguf: dict[str, P
 def test_fingerprints_identify_up_to_date_artifacts(llama_gguf: dict[str, Path]) -> None:
     f16 = read_manifest(llama_gguf["F16"])
     q4 = read_manifest(llama_gguf["Q4_K_M"])
-    expected = gguf_fingerprint(f16.sha256, "Q4_K_M", None, "f16", pre_tokenizer="llama-bpe")
+    assert q4.config["imatrix"] == "auto"
+    key = f"auto:{q4.details['imatrix']['calibration']['sha256']}"
+    expected = gguf_fingerprint(f16.sha256, "Q4_K_M", key, "f16", pre_tokenizer="llama-bpe")
     assert q4.details["fingerprint"] == expected and up_to_date(llama_gguf["Q4_K_M"], expected)
     assert not up_to_date(llama_gguf["Q4_K_M"], gguf_fingerprint(f16.sha256, "Q4_K_M", "x", "f16"))
 
@@ -114,7 +187,7 @@ def test_refuses_to_overwrite_without_force(run_cli, tiny_llama: Path, llama_ggu
 
 def test_truncated_gguf_given_to_verify(run_cli, tmp_path: Path, llama_gguf: dict[str, Path]) -> None:
     cut = tmp_path / "cut.gguf"
-    data = (llama_gguf["Q4_K_M"] / "model-Q4_K_M.gguf").read_bytes()
+    data = (llama_gguf["Q4_K_M"] / "tiny-llama-Q4_K_M.gguf").read_bytes()
     cut.write_bytes(data[: len(data) * 2 // 3])
     code, _, err = run_cli("verify", cut, "--against", read_manifest(llama_gguf["F16"]).details["source"])
     assert code == 2 and "truncated" in err and "re-convert it" in err and "Traceback" not in err
@@ -136,10 +209,10 @@ def test_changed_artifact_file_is_caught_by_its_manifest(
 ) -> None:
     copy = tmp_path / "Q8_0"
     shutil.copytree(llama_gguf["Q8_0"], copy)
-    gguf = copy / "model-Q8_0.gguf"
+    gguf = copy / "tiny-llama-Q8_0.gguf"
     gguf.write_bytes(gguf.read_bytes()[:-100])
     code, _, err = run_cli("verify", copy)
-    assert code == 2 and "model-Q8_0.gguf has" in err and "manifest says" in err
+    assert code == 2 and "tiny-llama-Q8_0.gguf has" in err and "manifest says" in err
 
 
 def test_source_tokenizer_edited_after_conversion_fails_parity(

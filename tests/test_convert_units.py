@@ -53,6 +53,28 @@ def test_ftype_ids_match_the_bindings() -> None:
         assert getattr(llama_cpp, name) == q.ftype, q.name
 
 
+def test_every_type_whose_quantizer_takes_an_imatrix_uses_one() -> None:
+    # K-quants, IQ types and the legacy 4/5-bit types weigh their rounding error by an imatrix
+    # (ggml-quants.c); Q8_0's quantizer ignores one, the float types are not quantized.
+    takers = {q.name for q in QUANT_TYPES.values() if q.uses_imatrix}
+    assert {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS"} <= takers
+    assert {"Q8_0", "F16", "BF16", "F32"}.isdisjoint(takers)
+
+
+def test_imatrix_auto_is_the_default_and_none_opts_out() -> None:
+    from jmed_edge.convert.gguf import imatrix_mode_for, imatrix_setting
+
+    q4_0, q8_0 = quant_type("q4_0"), quant_type("q8_0")
+    assert imatrix_setting(None) == "auto" and imatrix_setting("none") == "none"
+    assert imatrix_setting("~/im.gguf") == Path("~/im.gguf").expanduser()
+    assert imatrix_mode_for(None, q4_0) == "auto" and imatrix_mode_for("auto", q4_0) == "auto"
+    assert imatrix_mode_for("none", q4_0) is None and imatrix_mode_for("x.dat", q4_0) == "file"
+    assert imatrix_mode_for(None, q8_0) is None
+    from jmed_edge.pipeline.recipe import GgufSection
+
+    assert GgufSection().imatrix == "auto"
+
+
 def test_every_shipped_preset_loads() -> None:
     presets = shipped_presets()
     assert {"cpu-8gb", "cpu-16gb", "gpu-8gb", "gpu-16gb"} <= set(presets)
@@ -78,6 +100,50 @@ def test_cli_lists_presets_and_quants(run_cli) -> None:
     assert code == 0 and "cpu-8gb" in out and "gpu-16gb" in out
     code, out, _ = run_cli("convert", "--list-quants")
     assert code == 0 and "q4_k_m" in out and "iq2_xs" in out
+    assert "ONNX precisions" in out and "int4" in out and "fp32" in out
+
+
+def test_convert_help_describes_every_target(run_cli) -> None:
+    code, out, _ = run_cli("convert", "--help")
+    assert code == 0
+    description = out.split("\n\n")[1]  # the paragraph under the usage line
+    assert "GGUF" in description and "ONNX" in description and "LoRA" in description
+    for target in ("gguf", "gguf-lora", "onnx"):
+        assert f"\n  {target} " in out
+    assert "--onnx-precision" in out and "alias of --quant" in " ".join(out.split())
+
+
+def test_quant_flag_takes_onnx_precisions(tmp_path: Path) -> None:
+    import argparse
+
+    from jmed_edge.convert.onnx.cli import request_from_args
+
+    def request(**kw) -> dict:
+        base = {"quant": None, "onnx_precision": None, "onnx_preset": None, "onnx_option": [],
+                "onnx_target": None, "onnx_exporter": "genai-builder"}  # fmt: skip
+        return request_from_args(argparse.Namespace(**{**base, **kw}))
+
+    assert request(quant="INT8, int4")["precisions"] == "int8,int4"
+    assert request(onnx_precision="int4")["precisions"] == "int4"  # the alias
+    assert request(quant="int4", onnx_precision="int4")["precisions"] == "int4"
+    assert request()["precisions"] == "fp32,int8,int4"
+    with pytest.raises(ConfigError, match="--quant int4 and --onnx-precision int8 disagree"):
+        request(quant="int4", onnx_precision="int8")
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--to", "onnx", "--quant", "q4_k_m,int4"], "q4_k_m is a GGUF type (--to gguf); --to onnx takes"),
+        (["--to", "gguf", "--quant", "q8_0,int4"], "int4 is an ONNX precision; use --to onnx --quant int4"),
+        (["--to", "gguf", "--onnx-precision", "int4"], "--onnx-precision int4 applies to --to onnx"),
+        (["--to", "onnx", "--name", "med-7B"], "--name applies to --to gguf"),
+    ],
+)
+def test_a_type_for_the_other_format_is_one_clear_line(run_cli, tmp_path: Path, args, message) -> None:
+    code, _, err = run_cli("convert", tmp_path / "src", *args, "--out", tmp_path / "o")
+    assert code == 2 and message in " ".join(err.split()) and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
 
 
 # --- importance matrix files ---------------------------------------------------------------------
@@ -199,9 +265,11 @@ def test_truncated_safetensors(tmp_path: Path, tiny_llama: Path) -> None:
 
 
 @needs_tools
-def test_iq_types_need_an_imatrix(tmp_path: Path, tiny_llama: Path) -> None:
-    with pytest.raises(ConfigError, match="IQ2_XS need an importance matrix; pass --imatrix auto"):
-        convert_to_gguf(tiny_llama, tmp_path / "out", quants="q4_k_m,iq2_xs")
+def test_iq_types_need_an_imatrix(run_cli, tmp_path: Path, tiny_llama: Path) -> None:
+    code, _, err = run_cli(
+        "convert", tiny_llama, "--quant", "q4_k_m,iq2_xs", "--imatrix", "none", "--out", tmp_path / "out"
+    )
+    assert code == 2 and "IQ2_XS need an importance matrix; pass --imatrix auto" in " ".join(err.split())
     assert not (tmp_path / "out").exists()
 
 

@@ -280,6 +280,34 @@ def test_generation_on_int4_streams_text(onnx_default: dict[str, Path]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_the_folder_loads_unchanged_in_onnxruntime_genai(onnx_llama: dict[str, Path], precision: str) -> None:
+    # onnxruntime-genai's own API, as a user of the folder would call it: no jmed-edge code involved
+    import numpy as np
+    import onnxruntime_genai as og
+
+    folder = onnx_llama[precision]
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    model = og.Model(str(folder))
+    tokenizer = og.Tokenizer(model)
+    ids = tokenizer.encode("患者は65歳の男性で、")
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + 8, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(ids)
+    logits = np.asarray(generator.get_logits())
+    first_logits = logits.reshape(-1, logits.shape[-1])[-1]  # the last position's row
+    produced = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        produced.append(int(generator.get_next_tokens()[0]))
+    assert 1 <= len(produced) <= 8 and produced[0] == int(first_logits.argmax())
+    assert isinstance(tokenizer.decode(produced), str)
+    del generator, model
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before  # nothing written
+
+
+@pytest.mark.slow
 def test_scores_agree_with_logits(onnx_llama: dict[str, Path]) -> None:
     from jmed_edge.runtimes.base import log_softmax
 

@@ -114,6 +114,8 @@ def ours_commands(model: Path, out: Path, quant: str, verify: bool) -> list[list
         "gguf",
         "--quant",
         quant,
+        "--imatrix",
+        "none",  # the direct run quantizes without one: compare like with like
         "--out",
         str(out),
         "--force",
@@ -158,7 +160,8 @@ def main() -> int:
                     [sys.executable, "-m", "jmed_edge", "verify", str(quant_dir), "--no-record"],
                 ],
             )
-        sizes = {"model": source.weight_bytes, "f16": (out / "F16" / "model-F16.gguf").stat().st_size}
+        f16_file = next((out / "F16").glob("*.gguf"))  # <model>-F16.gguf
+        sizes = {"model": source.weight_bytes, "f16": f16_file.stat().st_size}
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

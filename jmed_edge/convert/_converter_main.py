@@ -5,10 +5,13 @@ converter folder and its ``gguf-py``: the converter must import the gguf-py it w
 with, not PyPI's ``gguf``, so it cannot share a process with jmed-edge (which uses PyPI's).
 ``-P`` keeps this file's folder off ``sys.path`` (it holds jmed-edge's ``gguf.py``).
 
-It imports only the standard library and the converter, and adds three things around
+It imports only the standard library and the converter, and adds four things around
 ``SCRIPT``'s ``main``:
   * ``JMED_PRE_TOKENIZER=NAME`` replaces the converter's hash lookup of the BPE pre-tokenizer
     with NAME (what ``--pre-tokenizer`` asks for);
+  * the ``--metadata`` override file's ``general.license`` is applied like its other
+    ``general.*`` keys (this gguf-py's ``Metadata.load`` reads ``general.license.name`` and
+    ``.link`` from it, but takes the license itself only from the model card);
   * write progress goes to stdout as ``@@progress DONE TOTAL`` lines instead of a tqdm bar;
   * failures the user can act on are reported as one ``@@error KIND DETAIL`` line.
 """
@@ -52,6 +55,21 @@ class _Progress:
     def close(self) -> None: ...
 
 
+def _license_from_override() -> None:
+    from gguf.metadata import Metadata
+
+    load = Metadata.load
+
+    def load_with_license(metadata_override_path=None, *args, **kwargs):
+        metadata = load(metadata_override_path, *args, **kwargs)
+        override = Metadata.load_metadata_override(metadata_override_path)
+        if isinstance(override.get("general.license"), str):
+            metadata.license = override["general.license"]
+        return metadata
+
+    Metadata.load = staticmethod(load_with_license)
+
+
 def main() -> int:
     script, *args = sys.argv[1:]
     sys.argv = [script, *args]
@@ -63,6 +81,7 @@ def main() -> int:
         from conversion.base import TextModel
 
         TextModel.get_vocab_base_pre = lambda self, tokenizer: pre
+    _license_from_override()
     try:
         runpy.run_path(script, run_name="__main__")
     except NotImplementedError as exc:

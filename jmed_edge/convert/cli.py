@@ -1,4 +1,6 @@
-"""``jmed-edge convert``: a Hugging Face model to GGUF (llama.cpp types), or a peft LoRA to a GGUF LoRA."""
+"""``jmed-edge convert``: a Hugging Face model to GGUF (llama.cpp types) or ONNX (onnxruntime-genai),
+or a peft LoRA to a GGUF LoRA. ``--quant`` names what to make for either format: llama.cpp types
+for GGUF, precisions for ONNX (``--onnx-precision`` is its older spelling for ONNX)."""
 
 from __future__ import annotations
 
@@ -16,22 +18,32 @@ TARGETS.add("onnx", "jmed_edge.convert.onnx.cli:to_onnx", "ONNX for onnxruntime(
 EXAMPLES = """\
 examples:
   jmed-edge convert runs/merged --to gguf --quant q8_0,q4_k_m --out runs/gguf
+  jmed-edge convert runs/merged --name Llama-3-ELYZA-JP-8B-med --out runs/gguf   (…-Q4_K_M.gguf)
   jmed-edge convert default --to gguf --quant q8_0,q6_k,q5_k_m,q4_k_m,q4_0,q3_k_m,q2_k --out runs/gguf
   jmed-edge convert runs/merged --to gguf --preset cpu-8gb --out runs/gguf      (imatrix from ja/en medical text)
-  jmed-edge convert runs/merged --to gguf --quant iq3_m,iq2_xs --imatrix auto --out runs/gguf
+  jmed-edge convert runs/merged --to gguf --quant iq3_m,iq2_xs --out runs/gguf
+  jmed-edge convert runs/merged --to gguf --quant q4_0 --imatrix none --out runs/gguf   (opt out)
   jmed-edge convert runs/adapter --to gguf-lora --base-gguf runs/gguf/F16 --out runs/gguf-lora
-  jmed-edge convert runs/merged --to onnx --onnx-precision int8,int4 --out runs/onnx
-  jmed-edge convert --list-presets
+  jmed-edge convert runs/merged --to onnx --quant int8,int4 --out runs/onnx
+  jmed-edge convert --list-presets | --list-quants
 """
 
 
+def _targets_text() -> str:
+    rows = [f"  {e.name:<10} {e.help}" for e in TARGETS.entries()]
+    return "targets (--to):\n" + "\n".join(rows) + "\n\n"
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = EXAMPLES
+    parser.epilog = _targets_text() + EXAMPLES
     parser.add_argument(
         "src", nargs="?", help="Hugging Face model folder, peft adapter (--to gguf-lora), or 'default'"
     )
     parser.add_argument(
-        "--to", default="gguf", metavar="TARGET", help=f"one of: {', '.join(TARGETS.names())} (default gguf)"
+        "--to",
+        default="gguf",
+        metavar="TARGET",
+        help=f"one of: {', '.join(TARGETS.names())} (default gguf; see below)",
     )
     parser.add_argument(
         "--out", type=Path, help="output folder; each type gets its own artifact folder inside"
@@ -39,7 +51,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quant",
         metavar="LIST",
-        help="comma-separated llama.cpp types, e.g. q8_0,q4_k_m (default: q8_0,q4_k_m)",
+        help="what to make, comma-separated: llama.cpp types for --to gguf, e.g. q8_0,q4_k_m "
+        "(default q8_0,q4_k_m); precisions for --to onnx: fp32,fp16,int8,int4 (default fp32,int8,int4); "
+        "--list-quants shows both",
     )
     parser.add_argument(
         "--preset", metavar="NAME", help="target-machine preset (see --list-presets) or a preset YAML file"
@@ -47,10 +61,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--imatrix",
         metavar="auto|FILE|none",
-        help="importance matrix for low-bit types: 'auto' computes one from bundled ja/en medical text",
+        help="importance matrix for every type whose quantizer takes one (K-quants, IQ types, "
+        "Q4_0/Q4_1/Q5_0/Q5_1): 'auto' (default) computes one from bundled ja/en medical text, "
+        "FILE uses yours, 'none' opts out",
     )
     parser.add_argument(
         "--outtype", choices=("f16", "bf16"), help="16-bit type of the base GGUF (default f16)"
+    )
+    parser.add_argument(
+        "--name",
+        metavar="NAME",
+        help="gguf: model name for the files (NAME-Q4_K_M.gguf) and general.name (default: the "
+        "source's manifest name); Japanese is kept in the metadata, the file name keeps A-Z a-z 0-9 . _ -",
     )
     parser.add_argument(
         "--pre-tokenizer",
@@ -68,7 +90,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--no-verify", action="store_true", help="skip the checks against the source (not recommended)"
     )
     parser.add_argument("--list-presets", action="store_true", help="list target-machine presets and exit")
-    parser.add_argument("--list-quants", action="store_true", help="list quantization types and exit")
+    parser.add_argument(
+        "--list-quants", action="store_true", help="list GGUF quantization types and ONNX precisions and exit"
+    )
     from jmed_edge.convert.onnx.cli import add_onnx_arguments
 
     add_onnx_arguments(parser)
@@ -99,6 +123,7 @@ def to_gguf(args: argparse.Namespace, console) -> dict[str, Path]:
     from jmed_edge.convert.gguf import convert_to_gguf
     from jmed_edge.convert.quant_types import DEFAULT_QUANTS
 
+    _refuse_onnx_names(args)
     quants, imatrix, outtype = args.quant, args.imatrix, args.outtype
     with RichProgress() as progress:
         if args.preset:
@@ -118,10 +143,31 @@ def to_gguf(args: argparse.Namespace, console) -> dict[str, Path]:
             force=args.force,
             verify=not args.no_verify,
             pre_tokenizer=args.pre_tokenizer,
+            name=args.name,
             progress=progress,
         )
     console.print(artifacts_table(folders))
     return folders
+
+
+def _refuse_onnx_names(args: argparse.Namespace) -> None:
+    """ONNX precisions given to a GGUF conversion: say which target takes them."""
+    from jmed_edge.convert.onnx.options import PRECISIONS
+    from jmed_edge.errors import ConfigError
+
+    if getattr(args, "onnx_precision", None):
+        raise ConfigError(
+            f"--onnx-precision {args.onnx_precision} applies to --to onnx; for --to {args.to} "
+            "pass llama.cpp types with --quant, e.g. --quant q8_0,q4_k_m"
+        )
+    names = [n.strip().lower() for n in (args.quant or "").split(",") if n.strip()]
+    onnx = [n for n in names if n in PRECISIONS]
+    if onnx:
+        raise ConfigError(
+            f"{', '.join(onnx)} {'is an ONNX precision' if len(onnx) == 1 else 'are ONNX precisions'}; "
+            f"use --to onnx --quant {','.join(onnx)}, or llama.cpp types for --to gguf "
+            "(e.g. f16 via --outtype, q8_0, q4_k_m; --list-quants shows them)"
+        )
 
 
 def to_gguf_lora(args: argparse.Namespace, console) -> dict[str, Path]:
@@ -169,4 +215,19 @@ def _list_quants(console) -> int:
     for q in QUANT_TYPES.values():
         table.add_row(q.name.lower(), f"{q.bpw:g}", q.imatrix, q.note)
     console.print(table)
+    onnx = Table(title="ONNX precisions (--to onnx --quant LIST; onnxruntime-genai's model builder)")
+    for column in ("precision", "targets", "note"):
+        onnx.add_column(column)
+    for name, targets, note in ONNX_PRECISION_NOTES:
+        onnx.add_row(name, targets, note)
+    console.print(onnx)
     return 0
+
+
+# From convert/onnx/options.py's VALID_COMBINATIONS and the table in FINDINGS (135M, CPU).
+ONNX_PRECISION_NOTES = (
+    ("fp32", "cpu, cuda", "unquantized; the reference"),
+    ("fp16", "cuda, dml", "half precision; GPU only"),
+    ("int8", "cpu, cuda", "weight-only int8 (MatMulNBits), near-lossless"),
+    ("int4", "cpu, cuda, dml", "weight-only int4 (MatMulNBits, block 32), the smallest and fastest"),
+)

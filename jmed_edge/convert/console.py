@@ -90,15 +90,28 @@ def artifacts_table(folders: dict[str, Path]) -> Table:
             return format(kl[lang][key], fmt) if lang in kl and key in kl[lang] else "-"
 
         size = d.get("size_bytes", 0) / 1024**2
-        imatrix = d.get("imatrix") or {}
         table.add_row(
             name,
             f"{size:,.1f} MB",
             f"{d.get('bits_per_weight', 0):.2f}",
-            imatrix.get("mode", "-"),
+            imatrix_cell(d),
             cell("ja", "kl_mean", ".4f"),
             cell("en", "kl_mean", ".4f"),
             cell("ja", "top1", ".1%"),
             cell("en", "top1", ".1%"),
         )
     return table
+
+
+def imatrix_cell(details: dict[str, Any]) -> str:
+    """``auto`` / ``file NAME`` when the artifact was quantized with an importance matrix,
+    ``none`` when its type takes one and it was made without, ``-`` when the type takes none."""
+    from jmed_edge.convert.quant_types import QUANT_TYPES
+
+    record = details.get("imatrix") or {}
+    if record.get("mode") == "file":
+        return f"file {record.get('file', '')}".strip()
+    if record.get("mode"):
+        return str(record["mode"])
+    row = QUANT_TYPES.get(str(details.get("quant", "")).upper())
+    return "none" if row is not None and row.uses_imatrix else "-"

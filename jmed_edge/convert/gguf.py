@@ -1,8 +1,13 @@
 """Hugging Face model -> F16/BF16 GGUF -> quantized GGUFs, each a verified artifact folder.
 
-    out/F16/model-F16.gguf      + jmed_manifest.json   (parent: the HF folder)
-    out/Q4_K_M/model-Q4_K_M.gguf + jmed_manifest.json  (parent: out/F16)
-    out/imatrix-medical-ja-en.gguf                     (with --imatrix auto)
+    out/F16/<model>-F16.gguf       + Modelfile + jmed_manifest.json   (parent: the HF folder)
+    out/Q4_K_M/<model>-Q4_K_M.gguf + Modelfile + jmed_manifest.json   (parent: out/F16)
+    out/imatrix-medical-ja-en.gguf                     (--imatrix auto, the default)
+
+``<model>`` is ``--name`` or the source's manifest name (``naming``); the converter writes it,
+the license and jmed-edge as quantizer into ``general.*`` through its ``--metadata`` file, and
+the quantizer copies them. Files of earlier versions (``model-<TYPE>.gguf``) are still found:
+readers take the folder's one ``.gguf`` or the manifest's ``details.file``.
 
 Conversion is llama.cpp's converter (lazy: about one tensor in memory at a time), quantization
 is llama.cpp's quantizer through the bindings; nothing here writes GGUF bytes itself. Both run
@@ -14,7 +19,9 @@ only when every check passed, so a failed or interrupted run leaves nothing half
 
 from __future__ import annotations
 
+import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +31,9 @@ from jmed_edge.convert.fingerprint import gguf_fingerprint
 from jmed_edge.convert.ggufinfo import KEY_PRE, read_gguf
 from jmed_edge.convert.imatrix import ImatrixData, compute_imatrix, load_imatrix
 from jmed_edge.convert.llamacpp_convert import check_pre_tokenizer, converter_version, run_converter
+from jmed_edge.convert.modelfile import record as modelfile_record
+from jmed_edge.convert.modelfile import write_modelfile
+from jmed_edge.convert.naming import ModelName, check_name, metadata_overrides, model_name
 from jmed_edge.convert.progress import LogProgress, Progress
 from jmed_edge.convert.quant_types import DEFAULT_QUANTS, QuantType, parse_quants, quant_type
 from jmed_edge.convert.quantize import quantize_gguf
@@ -37,10 +47,26 @@ log = logging.getLogger(__name__)
 
 OUTTYPES = ("f16", "bf16")
 IMATRIX_FILE = "imatrix-medical-ja-en.gguf"
+# Every type whose quantizer takes an importance matrix gets one unless asked not to
+# (``--imatrix none``): measured on the default model, Q4_K_M's Japanese KL 0.123 -> 0.089.
+IMATRIX_DEFAULT = "auto"
 
 
-def gguf_file_name(quant: str) -> str:
-    return f"model-{quant.upper()}.gguf"
+def gguf_file_name(quant: str, model: ModelName | None = None) -> str:
+    """``<model>-<TYPE>.gguf``; ``model-<TYPE>.gguf`` (the name earlier versions wrote) without one."""
+    return model.file_name(quant) if model else f"model-{quant.upper()}.gguf"
+
+
+def resolve_name(source: HFSource, name: str | None, progress: Progress) -> ModelName:
+    """``--name`` when given, else the source's manifest name (or folder name); file-safe stem announced."""
+    given = check_name(name) if name is not None else check_name(source.name, f"the name of {source.path}")
+    model = model_name(given, fallback=source.name)
+    if model.stem != model.name:
+        progress.note(
+            f"file names use {model.stem!r}: {model.name!r} has characters outside A-Z a-z 0-9 . _ -; "
+            "general.name keeps it as given"
+        )
+    return model
 
 
 def up_to_date(folder: Path, fingerprint: str) -> bool:
@@ -72,18 +98,47 @@ def _pre_tokenizer(explicit: str | None, source: HFSource, progress: Progress) -
     return None, "llama.cpp hash lookup"
 
 
-def _imatrix_mode(imatrix: str | Path | None, quants: list[QuantType]) -> str | Path | None:
-    needing = [q.name for q in quants if q.imatrix == "required"]
-    if imatrix is None or str(imatrix) == "none":
+def imatrix_setting(imatrix: str | Path | None) -> str | Path:
+    """``None`` (not given) is the default, ``"auto"``; ``"none"`` opts out; anything else is a file."""
+    if imatrix is None or str(imatrix) == IMATRIX_DEFAULT:
+        return IMATRIX_DEFAULT
+    if str(imatrix) == "none":
+        return "none"
+    return Path(imatrix).expanduser()
+
+
+def imatrix_mode_for(imatrix: str | Path | None, q: QuantType) -> str | None:
+    """What ``config.imatrix`` of type ``q``'s artifact says for this setting: auto, file or None."""
+    setting = imatrix_setting(imatrix)
+    if not q.uses_imatrix or setting == "none":
+        return None
+    return "auto" if setting == IMATRIX_DEFAULT else "file"
+
+
+def _imatrix_mode(
+    imatrix: str | Path | None, quants: list[QuantType], progress: Progress
+) -> str | Path | None:
+    setting = imatrix_setting(imatrix)
+    takers = [q.name for q in quants if q.uses_imatrix]
+    if setting == "none":
+        needing = [q.name for q in quants if q.imatrix == "required"]
         if needing:
             raise ConfigError(
                 f"{', '.join(needing)} need an importance matrix; pass --imatrix auto (computed from the "
                 "bundled ja/en medical text) or --imatrix FILE"
             )
+        if takers:
+            progress.note(f"--imatrix none: {', '.join(takers)} quantized without an importance matrix")
         return None
-    if str(imatrix) == "auto":
-        return "auto"
-    return Path(imatrix).expanduser()
+    if not takers:
+        if imatrix is not None:
+            progress.note("--imatrix is ignored: none of the requested types uses an importance matrix")
+        return None
+    how = (
+        "--imatrix auto (the default; --imatrix none opts out)" if imatrix is None else f"--imatrix {imatrix}"
+    )
+    progress.note(f"importance matrix for {', '.join(takers)}: {how}")
+    return setting
 
 
 def _refuse_existing(folders: list[Path], force: bool) -> None:
@@ -113,6 +168,16 @@ def _seal_verified(manifest: Manifest, staged: Path, verify) -> None:
     (staged / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
 
 
+def _modelfile(folder: Path, file: Path, source: HFSource, progress: Progress) -> dict[str, Any]:
+    """Write the Ollama Modelfile beside ``file``; a template it cannot translate is announced."""
+    found = write_modelfile(folder, file, source.path)
+    if found.family is None:
+        progress.note(
+            f"Modelfile uses Ollama's raw template: the chat template was not translated ({found.reason})"
+        )
+    return modelfile_record(found)
+
+
 def _details(file: Path, quant: str, **extra: Any) -> dict[str, Any]:
     info = read_gguf(file)
     return {
@@ -134,16 +199,21 @@ def _convert_base(
     dest: Path,
     outtype: str,
     pre: tuple[str | None, str],
+    model: ModelName,
     *,
     force: bool,
     verify: bool,
     progress: Progress,
 ) -> Path:
     quant = outtype.upper()
-    with staging_dir(dest, force=force) as tmp:
-        file = tmp / gguf_file_name(quant)
+    license_ = source.manifest.license if source.manifest else "unknown"
+    with staging_dir(dest, force=force) as tmp, tempfile.TemporaryDirectory(prefix="jmed-meta-") as meta:
+        file = tmp / gguf_file_name(quant, model)
         progress.task(f"{quant}: converting {source.name} with llama.cpp", total=None)
-        args = [source.path, "--outtype", outtype, "--outfile", file]
+        overrides = metadata_overrides(model, license_)
+        metadata = Path(meta) / "metadata.json"
+        metadata.write_text(json.dumps(overrides, ensure_ascii=False), encoding="utf-8")
+        args = [source.path, "--outtype", outtype, "--outfile", file, "--metadata", metadata]
         run_converter(
             "convert_hf_to_gguf.py", args, src=source.path, pre_tokenizer=pre[0], on_progress=progress.advance
         )
@@ -154,16 +224,18 @@ def _convert_base(
             pre_tokenizer_source=pre[1],
             imatrix=None,
             source=str(source.path),
+            model_name=model.name,
+            metadata=overrides,
+            modelfile=_modelfile(tmp, file, source, progress),
             fingerprint=gguf_fingerprint(parent["sha256"], quant, None, outtype, pre_tokenizer=pre[0]),
         )
         progress.finish(
-            f"{quant}: {human_bytes(details['size_bytes'])}, {details['bits_per_weight']} bits/weight"
+            f"{quant}: {file.name}, {human_bytes(details['size_bytes'])}, {details['bits_per_weight']} bits/weight"
         )
-        license_ = source.manifest.license if source.manifest else "unknown"
         manifest = Manifest(
             kind="gguf",
             format="gguf",
-            name=f"{source.name}-{quant}",
+            name=f"{model.name}-{quant}",
             parent=parent,
             config={"outtype": outtype, "pre_tokenizer": pre[0]},
             license=license_,
@@ -213,6 +285,7 @@ def _quantize_one(
     dest: Path,
     source: HFSource,
     imatrix: _Imatrix | None,
+    model: ModelName,
     *,
     force: bool,
     verify: bool,
@@ -223,7 +296,7 @@ def _quantize_one(
     assert base is not None
     used = imatrix if q.uses_imatrix else None
     with staging_dir(dest, force=force) as tmp:
-        file = tmp / gguf_file_name(q.name)
+        file = tmp / gguf_file_name(q.name, model)
         progress.task(f"{q.name}: quantizing" + (" with the importance matrix" if used else ""), total=None)
         warnings = quantize_gguf(
             base_dir / base.details["file"], file, q, imatrix=used and used.data, on_progress=progress.advance
@@ -239,18 +312,21 @@ def _quantize_one(
             file,
             q.name,
             imatrix=used and used.record,
+            imatrix_used=used is not None,
             source=str(source.path),
+            model_name=model.name,
+            modelfile=_modelfile(tmp, file, source, progress),
             nominal_bpw=q.bpw,
             llama_cpp_warnings=warnings[:5],
             fingerprint=fingerprint,
         )
         progress.finish(
-            f"{q.name}: {human_bytes(details['size_bytes'])}, {details['bits_per_weight']} bits/weight"
+            f"{q.name}: {file.name}, {human_bytes(details['size_bytes'])}, {details['bits_per_weight']} bits/weight"
         )
         manifest = Manifest(
             kind="gguf",
             format="gguf",
-            name=f"{source.name}-{q.name}",
+            name=f"{model.name}-{q.name}",
             parent=parent_record(base_dir),
             config={"quant": q.name, "imatrix": used and used.record["mode"]},
             license=base.license,
@@ -272,22 +348,27 @@ def convert_to_gguf(
     src: str | Path,
     out_dir: Path,
     quants=DEFAULT_QUANTS,
-    imatrix: str | Path | None = None,
+    imatrix: str | Path | None = IMATRIX_DEFAULT,
     outtype: str = "f16",
     force: bool = False,
     verify: bool = True,
     pre_tokenizer: str | None = None,
     *,
+    name: str | None = None,
     progress: Progress | None = None,
     texts_by_lang: dict[str, str] | None = None,
 ) -> dict[str, Path]:
     """Convert ``src`` (an HF folder or ``"default"``) to GGUF and quantize it.
 
-    Returns ``{"F16": folder, "Q8_0": folder, ...}``. ``imatrix``: None, ``"auto"`` or a
-    file; applied to the types that use one (``quant_types``). ``texts_by_lang``: texts for
-    the quantization-loss measurement (default: held-out calibration text).
+    Returns ``{"F16": folder, "Q8_0": folder, ...}``. ``imatrix``: ``"auto"`` (the default; also
+    what None means), ``"none"`` or a file; applied to every type whose quantizer takes one
+    (``quant_types``), recorded per artifact (``config.imatrix``, ``details.imatrix``). ``texts_by_lang``: texts for
+    the quantization-loss measurement (default: held-out calibration text). ``name``: the
+    model name in file names and ``general.name`` (default: the source's manifest name).
     """
     progress = progress or LogProgress()
+    if name is not None:
+        check_name(name)  # before any work: a bad --name is a one-line error, not a late one
     if outtype.lower() not in OUTTYPES:
         raise ConfigError(f'--outtype must be one of {", ".join(OUTTYPES)}, not "{outtype}"')
     outtype = outtype.lower()
@@ -300,12 +381,10 @@ def convert_to_gguf(
             f"{other_floats[0].lower()} (the base every quant is made from), not with --quant"
         )
     qtypes = [q for q in parsed if not q.is_float]
-    mode = _imatrix_mode(imatrix, qtypes)
-    if mode is not None and not any(q.uses_imatrix for q in qtypes):
-        progress.note("--imatrix is ignored: none of the requested types uses an importance matrix")
-        mode = None
+    mode = _imatrix_mode(imatrix, qtypes, progress)
     if isinstance(mode, Path):
         load_imatrix(mode)  # fail before converting when the file is not an imatrix
+    model = resolve_name(source, name, progress)
     pre = _pre_tokenizer(pre_tokenizer, source, progress)
     out_dir = Path(out_dir)
     base_dir = out_dir / quant_type(outtype).name
@@ -314,7 +393,7 @@ def convert_to_gguf(
     ensure_free_space(out_dir, estimate_bytes(source, outtype, qtypes), f"converting {source.name} to GGUF")
     done = {
         base_dir.name: _convert_base(
-            source, base_dir, outtype, pre, force=force, verify=verify, progress=progress
+            source, base_dir, outtype, pre, model, force=force, verify=verify, progress=progress
         )
     }
     im = _imatrix(mode, base_dir, source, progress) if mode is not None else None
@@ -325,6 +404,7 @@ def convert_to_gguf(
             targets[q.name],
             source,
             im,
+            model,
             force=force,
             verify=verify,
             progress=progress,

@@ -27,7 +27,7 @@ class Preset(BaseModel):
     device: Literal["cpu", "gpu"]
     memory: str  # RAM (cpu) or VRAM (gpu) the model may use, e.g. "8GB"
     quants: list[str] = Field(min_length=1)
-    imatrix: str = "none"  # none | auto | a file path
+    imatrix: str = "auto"  # auto | none | a file path
     outtype: Literal["f16", "bf16"] = "f16"
 
     @field_validator("quants")

@@ -10,8 +10,12 @@ each artifact records its measured bits per weight too.
 ``imatrix`` says how the type relates to an importance matrix:
   * ``required``: llama.cpp's own rule (``tensor_requires_imatrix``) or, for the other IQ
     types, this project's: IQ formats are designed around one and degrade badly without it.
-  * ``used``: an imatrix is applied when one is given; it matters most at 2-4 bits.
-  * ``unused``: 5 bits and up; the gain is within noise, so none is applied.
+  * ``used``: llama.cpp's quantizer for the type weighs its rounding error by the imatrix
+    when given one (``ggml-quants.c``: the K-quants and Q4_0/Q4_1/Q5_0/Q5_1 take
+    ``quant_weights``); ``--imatrix auto`` is the default for these, ``--imatrix none`` opts out.
+    It matters most at 2-4 bits (default model, ja text: Q4_K_M KL 0.123 -> 0.089).
+  * ``unused``: the quantizer ignores an imatrix (Q8_0's ``quantize_q8_0`` drops
+    ``quant_weights``) or the type is not quantized at all (F32/F16/BF16).
 """
 
 from __future__ import annotations
@@ -45,15 +49,15 @@ _ROWS = (
     ("F16", 1, 16.0, "unused", "14.00G, +0.0020 ppl @ Mistral-7B"),
     ("BF16", 32, 16.0, "unused", "14.00G, -0.0050 ppl @ Mistral-7B"),
     ("Q8_0", 7, 8.5, "unused", "7.96G, +0.0026 ppl @ Llama-3-8B"),
-    ("Q6_K", 18, 6.5625, "unused", "6.14G, +0.0217 ppl @ Llama-3-8B"),
-    ("Q5_K_M", 17, 5.5, "unused", "5.33G, +0.0569 ppl @ Llama-3-8B"),
-    ("Q5_K_S", 16, 5.5, "unused", "5.21G, +0.1049 ppl @ Llama-3-8B"),
-    ("Q5_1", 9, 6.0, "unused", "5.65G, +0.1062 ppl @ Llama-3-8B"),
-    ("Q5_0", 8, 5.5, "unused", "5.21G, +0.1316 ppl @ Llama-3-8B"),
+    ("Q6_K", 18, 6.5625, "used", "6.14G, +0.0217 ppl @ Llama-3-8B"),
+    ("Q5_K_M", 17, 5.5, "used", "5.33G, +0.0569 ppl @ Llama-3-8B"),
+    ("Q5_K_S", 16, 5.5, "used", "5.21G, +0.1049 ppl @ Llama-3-8B"),
+    ("Q5_1", 9, 6.0, "used", "5.65G, +0.1062 ppl @ Llama-3-8B"),
+    ("Q5_0", 8, 5.5, "used", "5.21G, +0.1316 ppl @ Llama-3-8B"),
     ("Q4_K_M", 15, 4.5, "used", "4.58G, +0.1754 ppl @ Llama-3-8B"),
     ("Q4_K_S", 14, 4.5, "used", "4.37G, +0.2689 ppl @ Llama-3-8B"),
-    ("Q4_1", 3, 5.0, "unused", "4.78G, +0.4511 ppl @ Llama-3-8B"),
-    ("Q4_0", 2, 4.5, "unused", "4.34G, +0.4685 ppl @ Llama-3-8B"),
+    ("Q4_1", 3, 5.0, "used", "4.78G, +0.4511 ppl @ Llama-3-8B"),
+    ("Q4_0", 2, 4.5, "used", "4.34G, +0.4685 ppl @ Llama-3-8B"),
     ("IQ4_NL", 25, 4.5, "required", "4.50 bpw non-linear quantization"),
     ("IQ4_XS", 30, 4.25, "required", "4.25 bpw non-linear quantization"),
     ("Q3_K_L", 13, 3.4375, "used", "4.03G, +0.5562 ppl @ Llama-3-8B"),

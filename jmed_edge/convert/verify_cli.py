@@ -45,10 +45,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _targets(path: Path) -> list[Path]:
     """``path`` itself, or every GGUF artifact folder under it when it is a plain folder of them."""
-    from jmed_edge.artifacts import scan
+    from jmed_edge.artifacts import gguf_general_type, scan
     from jmed_edge.errors import ArtifactError
 
-    if path.is_dir() and not any(path.glob("*.gguf")) and not any(path.glob("*.onnx")) \
+    # a conversion's output folder also holds its importance matrix (a GGUF of type "imatrix")
+    models = [g for g in path.glob("*.gguf") if gguf_general_type(g) != "imatrix"] if path.is_dir() else []
+    if path.is_dir() and not models and not any(path.glob("*.onnx")) \
             and not (path / "config.json").exists():  # fmt: skip
         found = [a.folder for a in scan(path, max_depth=1) if a.format in ("gguf", "gguf-lora", "onnx")]
         if not found:

@@ -25,7 +25,7 @@ class GgufSection(_Section):
     enabled: bool = True
     quants: list[str] = Field(default_factory=lambda: ["q8_0", "q4_k_m"])
     outtype: Literal["f16", "bf16"] = "f16"
-    imatrix: str | None = None  # None, "auto" or a file
+    imatrix: str = "auto"  # "auto", "none" or a file: applied to every type that takes one
 
 
 class OnnxSection(_Section):

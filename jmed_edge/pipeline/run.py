@@ -91,6 +91,7 @@ def _gguf_fresh(
     merged: Path, folder: Path, quants: list[str], imatrix: str | None, outtype: str
 ) -> dict[str, Path]:
     """The existing GGUF artifacts when all were made from this merged model with these settings."""
+    from jmed_edge.convert.gguf import imatrix_mode_for
     from jmed_edge.convert.quant_types import parse_quants, quant_type
 
     merged_info = _manifest_details(merged)
@@ -105,7 +106,7 @@ def _gguf_fresh(
             continue
         info = _manifest_details(folder / q.name)
         used = info and info["config"].get("imatrix")
-        wanted = ("auto" if imatrix == "auto" else "file") if imatrix and q.uses_imatrix else None
+        wanted = imatrix_mode_for(imatrix, q)
         if not info or info["parent"].get("sha256") != base_info["sha256"] or used != wanted:
             return {}
         found[q.name] = folder / q.name

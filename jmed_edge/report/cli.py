@@ -10,7 +10,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="--out folders of jmed-edge bench"
     )
-    parser.add_argument("--reference", required=True, help="artifact name to compare against (e.g. demo-F16)")
+    parser.add_argument(
+        "--reference", help="artifact name to compare against (e.g. demo-F16); required by --format report"
+    )
+    parser.add_argument(
+        "--format", choices=("report", "lm-eval"), default="report",
+        help="report (default): report.html/.md/.json; lm-eval: lm-evaluation-harness's results_<date>.json "
+             "and samples_<task>_<date>.jsonl per artifact under OUT/<model>/, for tools that read lm-eval's output",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, required=True, help="report folder to write")
     parser.add_argument("--budget", default=None, help="RAM budget for the recommendation, e.g. 8GB")
     parser.add_argument(
@@ -37,6 +44,14 @@ def _main(args: argparse.Namespace) -> int:
     from jmed_edge.report.recommend import check_max_loss
     from jmed_edge.report.terminal import print_summary
 
+    if args.format == "lm-eval":
+        return _lm_eval(args)
+    if not args.reference:
+        from jmed_edge.errors import ConfigError
+
+        raise ConfigError(
+            "report needs --reference NAME (the artifact to compare against), e.g. --reference demo-F16"
+        )
     check_max_loss(args.max_loss)  # before anything is read
     refuse_overlap(args.out, {f"run folder {i + 1}": d for i, d in enumerate(args.run_dirs)})
     budget = parse_bytes(args.budget) if args.budget else None
@@ -49,4 +64,18 @@ def _main(args: argparse.Namespace) -> int:
     console = Console()
     print_summary(data, console)
     console.print(f"report: {out / 'report.html'} (also report.md, report.json)")
+    return 0
+
+
+def _lm_eval(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from jmed_edge.fsutil import refuse_overlap
+    from jmed_edge.report.lmeval import export_run_dirs
+
+    refuse_overlap(args.out, {f"run folder {i + 1}": d for i, d in enumerate(args.run_dirs)})
+    written = export_run_dirs(list(args.run_dirs), args.out)
+    console = Console()
+    for path in written:
+        console.print(f"lm-eval results: {path} (samples_*.jsonl beside it)", highlight=False)
     return 0

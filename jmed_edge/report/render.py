@@ -272,7 +272,8 @@ def write_markdown(data: ReportData, figures: dict[str, Path], out: Path) -> Non
 _CSS = """
 body{font-family:system-ui,"Hiragino Sans","Noto Sans CJK JP",sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;height:auto;border:1px solid #eee}
+.scroll{overflow-x:auto;max-width:100%;margin:1em 0}.scroll table{margin:0}
 .rec{background:#eef7ee;border-left:4px solid #27ae60;padding:.6em 1em}.rec.warn{background:#fff8e6;border-left-color:#e67e22}.note{color:#555;font-size:.9em}
 """
 
@@ -282,7 +283,8 @@ def _html_table(head: list[str], rows: list[list[str]]) -> str:
         return "<p><em>none</em></p>"
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+    # a table wider than a phone's screen scrolls inside its own box, not the whole page
+    return f"<div class='scroll'><table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 def _inline_png(path: Path) -> str:
@@ -300,7 +302,7 @@ def _md_bold_to_html(text: str) -> str:
 
 
 def write_html(data: ReportData, figures: dict[str, Path], out: Path) -> None:
-    parts = [f"<!doctype html><html lang='en'><meta charset='utf-8'><title>jmed-edge report</title><style>{_CSS}</style>",
+    parts = [f"<!doctype html><html lang='en'><meta charset='utf-8'><meta name='viewport' content='width=device-width,initial-scale=1'><title>jmed-edge report</title><style>{_CSS}</style>",
              "<h1>jmed-edge quantization report</h1>", f"<p class='note'>{html.escape(_NOTES)}</p>"]  # fmt: skip
     for title, intro, table, fig in sections(data, figures):
         if table is not None and not table[1] and not intro:

@@ -22,7 +22,8 @@ def add_onnx_arguments(parser: argparse.ArgumentParser) -> None:
         "--onnx-precision",
         default=None,
         metavar="LIST",
-        help="comma-separated precisions: fp32,int8,int4 (default), fp16 on cuda/dml",
+        help="alias of --quant for --to onnx: comma-separated precisions fp32,int8,int4 (default), "
+        "fp16 on cuda/dml",
     )
     group.add_argument(
         "--onnx-target",
@@ -88,11 +89,37 @@ def request_from_args(args: argparse.Namespace) -> dict[str, Any]:
     options.update(flags)
     if builder:
         options["builder_options"] = builder
-    precisions = args.onnx_precision or preset.get("precisions") or "fp32,int8,int4"
+    precisions = _requested_precisions(args) or preset.get("precisions") or "fp32,int8,int4"
     if isinstance(precisions, list):
         precisions = ",".join(precisions)
     return {"precisions": precisions, "target": args.onnx_target or preset.get("target") or "cpu",
             "exporter": args.onnx_exporter, "options": options}  # fmt: skip
+
+
+def _names(spec: str | None) -> list[str]:
+    return [part.strip().lower() for part in (spec or "").split(",") if part.strip()]
+
+
+def _requested_precisions(args: argparse.Namespace) -> str | None:
+    """``--quant`` (the one flag for every target) or its alias ``--onnx-precision``; GGUF type
+    names get a line saying they belong to ``--to gguf``."""
+    from jmed_edge.convert.onnx.options import PRECISIONS
+    from jmed_edge.convert.quant_types import QUANT_TYPES
+
+    quant, alias = getattr(args, "quant", None), getattr(args, "onnx_precision", None)
+    if quant and alias and _names(quant) != _names(alias):
+        raise ConfigError(
+            f"--quant {quant} and --onnx-precision {alias} disagree; --onnx-precision is an alias of "
+            "--quant for --to onnx: pass one of them"
+        )
+    names = _names(quant or alias)
+    gguf = [n for n in names if n not in PRECISIONS and n.upper() in QUANT_TYPES]
+    if gguf:
+        raise ConfigError(
+            f"{', '.join(gguf)} {'is a GGUF type' if len(gguf) == 1 else 'are GGUF types'} (--to gguf); "
+            f"--to onnx takes the precisions {', '.join(PRECISIONS)}, e.g. --quant int8,int4"
+        )
+    return ",".join(names) or None
 
 
 def run_onnx_from_args(args: argparse.Namespace) -> int:
@@ -110,6 +137,10 @@ def to_onnx(args: argparse.Namespace, console) -> dict[str, Path]:
     if not getattr(args, "src", None) or not getattr(args, "out", None):
         raise ConfigError(
             "convert needs SRC and --out, e.g.: jmed-edge convert runs/merged --to onnx --out runs/onnx"
+        )
+    if getattr(args, "name", None):
+        raise ConfigError(
+            "--name applies to --to gguf (GGUF file names and metadata); ONNX folders are onnx-<precision>"
         )
     request = request_from_args(args)
     written = convert_to_onnx(args.src, args.out, request["precisions"], target=request["target"],
