@@ -1,6 +1,6 @@
 """A headless Chromium driven over the DevTools protocol, for checking the HTML report as a reader sees it.
 
-Chromium is Debian's package (``scripts/install-chromium.sh`` installs it with a Japanese
+Chromium is Debian's package (``tests/install-chromium.sh`` installs it with a Japanese
 font); no driver or browser download is involved. The protocol runs over a pair of pipes
 (``--remote-debugging-pipe``: commands on fd 3, replies on fd 4, each a JSON text ending in a
 NUL byte), so nothing listens on a port and no websocket library is needed.
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-INSTALL_HINT = "scripts/install-chromium.sh (Debian: apt-get install chromium fonts-ipafont-gothic)"
+INSTALL_HINT = "tests/install-chromium.sh (Debian: apt-get install chromium fonts-ipafont-gothic)"
 
 
 def find_chromium() -> str | None:

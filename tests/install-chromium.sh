@@ -1,6 +1,6 @@
 #!/bin/sh
 # Installs Debian's Chromium and a Japanese font (IPA Gothic), which the browser test of the HTML
-# report (tests/test_report_browser.py) and its screenshot script (scripts/report_screenshot.py)
+# report (tests/test_report_browser.py) and its screenshot script (tests/report_screenshot.py)
 # use. Without them that test is skipped, saying so. Needs root (or sudo) and Debian's archive.
 set -eu
 SUDO=""

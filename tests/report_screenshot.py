@@ -1,11 +1,11 @@
 """Screenshot of an HTML report in headless Chromium, as the README shows it.
 
-    python scripts/report_screenshot.py runs/demo/report/report.html --out tui/screenshots/report-html.png
-    python scripts/report_screenshot.py --sample --out tui/screenshots/report-html.png
+    python tests/report_screenshot.py runs/demo/report/report.html --out tui/screenshots/report-html.png
+    python tests/report_screenshot.py --sample --out tui/screenshots/report-html.png
 
 ``--sample`` builds the report the browser test uses (three artifacts of a 7B-sized model on an
 IgakuQA-shaped benchmark, Japanese specialty names) instead of reading one. Needs Chromium:
-``scripts/install-chromium.sh``.
+``tests/install-chromium.sh``.
 """
 
 from __future__ import annotations
