@@ -30,7 +30,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as work:
         report = args.report
         if args.sample:
-            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
             from test_report_browser import report_html
 
             class _Factory:
