@@ -134,3 +134,15 @@ def test_a_broken_streamed_merge_fails_its_check(tiny_llama, tmp_path, monkeypat
     with pytest.raises(VerificationError, match="does not reproduce base \\+ adapter"):
         merge_adapter(adapter, tmp_path / "bad", base=tiny_llama)
     assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad*"))
+
+
+def test_a_ram_budget_too_small_is_refused_before_starting_with_the_figure(tiny_llama, tmp_path, monkeypatch):
+    from jmed_edge.errors import DependencyError
+
+    adapter = _adapter(tiny_llama, tmp_path / "adapter")
+    monkeypatch.setenv("JMED_EDGE_RAM_BUDGET", "100MB")
+    with pytest.raises(DependencyError) as info:
+        merge_adapter(adapter, tmp_path / "merged", base=tiny_llama)
+    message = str(info.value)
+    assert "needs about" in message and "100.0 MB is JMED_EDGE_RAM_BUDGET=100MB" in message
+    assert not (tmp_path / "merged").exists()

@@ -7,7 +7,7 @@ For each size a random bf16 model of a real shape is built once and cached under
 (``jmed_edge.testing.random_models``: SmolLM2-135M, Qwen2-0.5B, Qwen2-1.5B, Qwen2.5-3B, Qwen2-7B
 shapes), then every stage runs in a fresh process, measured from outside:
 
-  train        2 LoRA steps (r 8, attention + MLP, bf16, 32-token sequences, batch 1)
+  train        2 LoRA steps (r 8, attention + MLP, bf16, 128-token sequences, batch 1)
   merge        ``jmed-edge merge`` (base dtype, streamed) incl. its logit check
   convert_f16  ``jmed-edge convert --quant f16 --no-verify`` (llama.cpp's converter)
   imatrix      llama-imatrix over the bundled ja/en calibration text, on the F16 GGUF
@@ -102,7 +102,7 @@ def _recipe(model: Path, work: Path) -> Path:
                  "template": "chat"},
         "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj",
                                                                          "gate_proj", "up_proj", "down_proj"]},
-        "train": {"max_steps": 2, "batch_size": 1, "max_length": 32, "precision": "bf16", "lr": 1e-4,
+        "train": {"max_steps": 2, "batch_size": 1, "max_length": 128, "precision": "bf16", "lr": 1e-4,
                   "gradient_checkpointing": True, "log_every": 1},
         "output": {"dir": str(work / "adapter"), "checkpoint_every": 1000},
     }  # fmt: skip

@@ -192,6 +192,25 @@ def streaming_blocker(adapter: Path, base: Path, config: dict[str, Any], dtype: 
     return None
 
 
+def _check_ram(base: Path, dtype: str, blocker: str | None, merged_bytes: int) -> None:
+    """Streamed: the runtime, the largest tensor twice (read, and cast or merged) and its fp32
+    delta three times (1.05x a Qwen2-0.5B-shape model measured). In memory: the model loaded,
+    merged in a copy per layer and reloaded (3.0x measured in bf16)."""
+    from jmed_edge.memory import RUNTIME_BYTES, ensure_ram
+
+    if blocker is None:
+        from jmed_edge.merge.tensorfiles import DTYPES as ST_DTYPES
+        from jmed_edge.merge.tensorfiles import Checkpoint
+
+        largest = max(r.nbytes // ST_DTYPES[r.dtype][1] for r in Checkpoint(base).refs.values())
+        needed = RUNTIME_BYTES + 2 * largest * _BYTES[DTYPES[dtype]] + 3 * 4 * largest
+        hint = "close other programs or raise JMED_EDGE_RAM_BUDGET"
+    else:
+        needed = RUNTIME_BYTES + 3 * merged_bytes
+        hint = f"this adapter is merged in memory ({blocker}); use a machine with more RAM"
+    ensure_ram(needed, f"merging into {base.name} ({dtype})", hint)
+
+
 def _merge_streaming(
     adapter: Path, base: Path, config: dict[str, Any], tmp: Path, dtype: str, batch: Any
 ) -> Any:
@@ -282,8 +301,10 @@ def merge_adapter(
     dtype = dtype or base_dtype(base_config)
     source_bytes = _BYTES[DTYPES[base_dtype(base_config)]]
     weights = sum(p.stat().st_size for p in base_path.glob("*.safetensors")) or dir_size(base_path)
-    ensure_free_space(out.parent, int(weights * _BYTES[DTYPES[dtype]] / source_bytes), "the merged model")
+    merged_bytes = int(weights * _BYTES[DTYPES[dtype]] / source_bytes)
+    ensure_free_space(out.parent, merged_bytes, "the merged model")
     blocker = streaming_blocker(adapter, base_path, base_config, dtype)
+    _check_ram(base_path, dtype, blocker, merged_bytes)
 
     quantized = bool(manifest and manifest.details.get("quantization") == "nf4")
     note = (

@@ -50,13 +50,18 @@ _STD = 0.02  # the configs' initializer_range
 _EMBED_STD = 0.25
 
 
+# The class each model_type's published checkpoints name in config.json "architectures".
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+
+
 def _config(size: str, tokenizer: Any) -> Any:
     from transformers import AutoConfig
 
     shape = dict(SHAPES[size])
     kind = shape.pop("model_type")
     return AutoConfig.for_model(
-        kind, **shape, max_position_embeddings=32768, hidden_act="silu", dtype="bfloat16",
+        kind, architectures=[ARCHITECTURES[kind]],
+        **shape, max_position_embeddings=32768, hidden_act="silu", dtype="bfloat16",
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
