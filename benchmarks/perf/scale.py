@@ -10,7 +10,8 @@ shapes), then every stage runs in a fresh process, measured from outside:
   train        2 LoRA steps (r 8, attention + MLP, bf16, 128-token sequences, batch 1)
   merge        ``jmed-edge merge`` (base dtype, streamed) incl. its logit check
   convert_f16  ``jmed-edge convert --quant f16 --no-verify`` (llama.cpp's converter)
-  imatrix      llama-imatrix over the bundled ja/en calibration text, on the F16 GGUF
+  imatrix      llama-imatrix over the bundled ja/en calibration text (43 chunks of 512 tokens with
+               the default tokenizer; --imatrix-chunks N takes the first N), on the F16 GGUF
   quantize_q8_0, quantize_q4_k_m   the bindings' quantizer, from the F16 GGUF (+ imatrix)
   verify       ``jmed-edge verify F16`` (tokenizer, chat template, logits against the HF model)
   kl           ``jmed-edge verify Q4_K_M`` (KL, top-1, perplexity against the F16 GGUF)
@@ -126,6 +127,14 @@ def _worker(stage: str, merged: str, gguf_dir: str) -> int:
     base_dir = Path(gguf_dir) / "F16"
     matrix = Path(gguf_dir) / gguf.IMATRIX_FILE
     if stage == "imatrix":
+        chunks = int(os.environ.get("SCALE_IMATRIX_CHUNKS", "0"))
+        if chunks:  # the first CHUNKS x 512 tokens of the calibration text: time is linear in chunks
+            from transformers import AutoTokenizer
+
+            corpus, calibration = gguf.probes.calibration_corpus()
+            tokenizer = AutoTokenizer.from_pretrained(merged)
+            short = tokenizer.decode(tokenizer(corpus)["input_ids"][: chunks * 512 + 8])
+            gguf.probes.calibration_corpus = lambda: (short, dict(calibration))
         gguf._imatrix("auto", base_dir, source, LogProgress())
         return 0
     q = quant_type(stage.removeprefix("quantize_"))
@@ -172,7 +181,7 @@ def _ratio(
     return (peak / denominator if denominator else None), of, goal
 
 
-def run(sizes: list[str], stages: list[str], out: Path) -> list[dict]:
+def run(sizes: list[str], stages: list[str], out: Path, imatrix_chunks: int = 0) -> list[dict]:
     from jmed_edge.manifest import read_manifest
     from jmed_edge.testing.random_models import SOURCES, build_random_model
 
@@ -195,6 +204,8 @@ def run(sizes: list[str], stages: list[str], out: Path) -> list[dict]:
                 print(f"[{size}] no trained adapter: a random rank-8 one stands in", flush=True)
                 random_adapter(model, work / "adapter", r=8)
             print(f"[{size}] {stage} ...", flush=True)
+            if stage == "imatrix":
+                os.environ["SCALE_IMATRIX_CHUNKS"] = str(imatrix_chunks)
             seconds, peak_sum, peak_hwm = measure(commands(stage, model, work), work / f"{stage}.log")
             peak = max(peak_sum, peak_hwm)
             ratio, of, goal = _ratio(stage, peak, model_bytes, work)
@@ -203,6 +214,8 @@ def run(sizes: list[str], stages: list[str], out: Path) -> list[dict]:
                    "peak_process_hwm_bytes": peak_hwm, "model_bytes": model_bytes,
                    "ratio": None if ratio is None else round(ratio, 3), "ratio_of": of, "goal": goal,
                    "met": None if ratio is None else ratio <= goal}  # fmt: skip
+            if stage == "imatrix":
+                row["imatrix_chunks"] = imatrix_chunks or "all"
             rows.append(row)
             print(f"[{size}] {stage}: {seconds:.1f} s, peak {peak / 1e9:.2f} GB"
                   + ("" if ratio is None else f" = {ratio:.2f}x {of} (goal {goal}x)"), flush=True)  # fmt: skip
@@ -231,6 +244,33 @@ def table(rows: list[dict]) -> None:
         t.add_row(r["size"], r["stage"], f"{r['seconds']:.1f}", f"{r['peak_rss_bytes'] / 1e9:.2f} GB",
                   f"{r['model_bytes'] / 1e9:.2f} GB", ratio, "" if r["goal"] is None else f"<= {r['goal']}x", mark)  # fmt: skip
     Console().print(t)
+
+
+def markdown(rows: list[dict]) -> str:
+    """One row per stage, one column per size: seconds and peak RSS (ratio to its goal's base)."""
+    sizes = sorted(
+        {r["size"] for r in rows}, key=lambda s: next(r["parameters"] for r in rows if r["size"] == s)
+    )
+    cell = {(r["size"], r["stage"]): r for r in rows}
+    head = "| stage (goal) | " + " | ".join(
+        f"{s} ({next(r['model_bytes'] for r in rows if r['size'] == s) / 1e9:.2f} GB)" for s in sizes
+    )
+    lines = [head + " |", "|---" * (len(sizes) + 1) + "|"]
+    for stage in STAGES:
+        if not any((s, stage) in cell for s in sizes):
+            continue
+        goal = GOALS.get(stage)
+        name = f"{stage} (<= {goal[0]}x {goal[1]})" if goal else stage
+        cells = []
+        for s in sizes:
+            r = cell.get((s, stage))
+            if r is None:
+                cells.append("not run")
+                continue
+            ratio = "" if r["ratio"] is None else f", {r['ratio']:.2f}x" + ("" if r["met"] else " ✗")
+            cells.append(f"{r['seconds']:.0f} s, {r['peak_rss_bytes'] / 1e9:.2f} GB{ratio}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def plot(rows: list[dict], png: Path) -> None:
@@ -265,6 +305,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--worker":
         return _worker(*argv[1:4])
+    if argv and argv[0] == "--report":  # table, plot and markdown again from OUT/scale.json
+        out = Path(argv[1])
+        rows = json.loads((out / "scale.json").read_text())["stages"]
+        table(rows)
+        plot(rows, out / "scale.png")
+        (out / "scale.md").write_text(markdown(rows), encoding="utf-8")
+        print(markdown(rows))
+        return 0
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -281,10 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown stage {unknown[0]}; known: {', '.join(STAGES)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = run([s for s in args.sizes.split(",") if s], stages, args.out)
+    rows = run([s for s in args.sizes.split(",") if s], stages, args.out, args.imatrix_chunks)
     table(rows)
     plot(rows, args.out / "scale.png")
-    print(f"wrote {args.out / 'scale.json'} and {args.out / 'scale.png'}")
+    (args.out / "scale.md").write_text(markdown(rows), encoding="utf-8")
+    print(f"wrote {args.out / 'scale.json'}, scale.png and scale.md (the README's table)")
     return 0
 
 
