@@ -323,6 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, required=True, help="folder for models, runs, scale.json, scale.png"
     )
+    parser.add_argument(
+        "--imatrix-chunks", type=int, default=0,
+        help="imatrix over the first N chunks of 512 tokens only (default: all 43; time is linear in N)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     stages = [s for s in args.stages.split(",") if s]
     unknown = [s for s in stages if s not in STAGES]

@@ -168,3 +168,43 @@ def parity(
     )  # fmt: skip
     result.passed = finite and diff == diff and not result.failures()
     return result
+
+
+def source_logits(folder: Path, sequences: list[list[int]]) -> tuple[list[Any], str] | None:
+    """Full next-token logits (fp32 numpy, one array per sequence) of the model in ``folder``,
+    computed module by module from its files, in its own dtype; None when its architecture's
+    head is not a plain output layer (the caller then loads the model)."""
+    import json
+
+    import torch
+    import torch.nn.functional as F
+
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    if config.get("model_type") not in PLAIN_HEAD or not sequences:
+        return None
+    from jmed_edge.merge.merge import DTYPES as MERGE_DTYPES
+    from jmed_edge.merge.merge import base_dtype
+
+    dtype_name = MERGE_DTYPES[base_dtype(config)]
+    dtype = getattr(torch, dtype_name)
+    ckpt = Checkpoint(folder)
+    if missing_keys(folder, ckpt, dtype):
+        return None
+    longest = max(len(s) for s in sequences)
+    ids = torch.zeros((len(sequences), longest), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)], mask[row, : len(seq)] = torch.tensor(seq), 1
+    hidden = hidden_states(folder, ckpt, dtype, {"input_ids": ids, "attention_mask": mask})
+    key = head_key(ckpt, config)
+    vocab = ckpt.refs[key].shape[0]
+    logits = torch.empty((hidden.shape[0], vocab), dtype=torch.float32)
+    with torch.inference_mode():
+        for start in range(0, vocab, HEAD_ROWS):
+            stop = min(start + HEAD_ROWS, vocab)
+            logits[:, start:stop] = F.linear(hidden, ckpt.rows(key, start, stop).to(dtype)).float()
+    out, at = [], 0
+    for seq in sequences:
+        out.append(logits[at : at + len(seq)].numpy())
+        at += len(seq)
+    return out, dtype_name

@@ -6,7 +6,9 @@ laid out on the meta device (names and shapes, no storage); each tensor is then 
 to its bf16 safetensors shard and dropped. The tokenizer is the embedded default model's
 (SmolLM2, 49,152 tokens) with the larger embedding of the real shape: token ids stay below the
 tokenizer's vocabulary, the rows above it are never looked up, and the GGUF converter pads the
-vocabulary with ``[PAD]`` entries up to the embedding size.
+vocabulary with ``[PAD]`` entries up to the embedding size. Beside a qwen2 config, transformers 5
+loads that tokenizer as a Qwen2Tokenizer (Qwen2's split regex); the manifest tells the
+converter so (``PRE_TOKENIZERS``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ _EMBED_STD = 0.25
 
 # The class each model_type's published checkpoints name in config.json "architectures".
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+# llama.cpp's pre-tokenizer for the default tokenizer under each model_type: transformers 5 loads
+# it as Qwen2Tokenizer beside a qwen2 config (Qwen2's split regex, not SmolLM2's), so the GGUF
+# must split the same way; under llama it stays as written and llama.cpp recognises it itself.
+PRE_TOKENIZERS = {"llama": None, "qwen2": "qwen2"}
 
 
 def _config(size: str, tokenizer: Any) -> Any:
@@ -98,7 +104,6 @@ def build_random_model(out: Path, size: str, seed: int = 0) -> Path:
     from transformers import AutoTokenizer
 
     from jmed_edge.fsutil import staging_dir
-    from jmed_edge.manifest import read_manifest
     from jmed_edge.merge.tensorfiles import INDEX_NAME, ShardWriter
     from jmed_edge.models.default import materialise
 
@@ -135,7 +140,6 @@ def build_random_model(out: Path, size: str, seed: int = 0) -> Path:
             (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
         config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        default_manifest = read_manifest(default, required=False)
         Manifest(
             kind="model",
             format="hf-safetensors",
@@ -146,7 +150,7 @@ def build_random_model(out: Path, size: str, seed: int = 0) -> Path:
                 "role": "memory and time measurements (random weights)",
                 "parameters": sum(_numel(s) for _, s in layout),
                 "tokenizer": "the embedded default model's (SmolLM2, 49152 tokens); embedding rows above it unused",
-                "pre_tokenizer": default_manifest.details.get("pre_tokenizer") if default_manifest else None,
+                "pre_tokenizer": PRE_TOKENIZERS[SHAPES[size]["model_type"]],
             },
         ).seal(tmp)
     return Path(out)
