@@ -41,5 +41,5 @@ def test_merge_peak_rss_is_at_most_1_3x_the_model(shape_05b, tmp_path):
     manifest = read_manifest(out)
     assert manifest.details["streamed"] and manifest.config["dtype"] == "bf16"
     assert manifest.verification["passed"] and manifest.verification["top1_agreement"] >= 0.99
-    # Measured 1.05x (0.5B shape, 2-core CPU); peft's in-memory merge took 3.0x (bf16) and 3.8x (fp32).
+    # Measured 0.92-1.05x (0.5B shape, 2-core CPU); peft's in-memory merge took 3.0x (bf16) and 3.8x (fp32).
     assert ratio <= 1.3, f"merge peak {max(tree, hwm) / 1e9:.2f} GB = {ratio:.2f}x the model"

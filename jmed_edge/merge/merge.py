@@ -192,18 +192,21 @@ def streaming_blocker(adapter: Path, base: Path, config: dict[str, Any], dtype: 
     return None
 
 
-def _check_ram(base: Path, dtype: str, blocker: str | None, merged_bytes: int) -> None:
-    """Streamed: the runtime, the largest tensor twice (read, and cast or merged) and its fp32
-    delta three times (1.05x a Qwen2-0.5B-shape model measured). In memory: the model loaded,
-    merged in a copy per layer and reloaded (3.0x measured in bf16)."""
+def _check_ram(base: Path, adapter: Path, dtype: str, blocker: str | None, merged_bytes: int) -> None:
+    """Streamed: the runtime, the largest tensor twice (read, and cast or looked up in the check)
+    and the largest target's fp32 delta three times (1.02x a Qwen2-0.5B-shape model measured).
+    In memory: the model loaded, merged in a copy per layer and reloaded (3.0x measured in bf16)."""
     from jmed_edge.memory import RUNTIME_BYTES, ensure_ram
 
     if blocker is None:
+        from jmed_edge.merge.stream import read_lora
         from jmed_edge.merge.tensorfiles import DTYPES as ST_DTYPES
         from jmed_edge.merge.tensorfiles import Checkpoint
 
-        largest = max(r.nbytes // ST_DTYPES[r.dtype][1] for r in Checkpoint(base).refs.values())
-        needed = RUNTIME_BYTES + 2 * largest * _BYTES[DTYPES[dtype]] + 3 * 4 * largest
+        refs = Checkpoint(base).refs
+        numel = {name: r.nbytes // ST_DTYPES[r.dtype][1] for name, r in refs.items()}
+        target = max(numel.get(f"{m}.weight", 0) for m in read_lora(adapter).modules)
+        needed = RUNTIME_BYTES + 2 * max(numel.values()) * _BYTES[DTYPES[dtype]] + 3 * 4 * target
         hint = "close other programs or raise JMED_EDGE_RAM_BUDGET"
     else:
         needed = RUNTIME_BYTES + 3 * merged_bytes
@@ -304,7 +307,7 @@ def merge_adapter(
     merged_bytes = int(weights * _BYTES[DTYPES[dtype]] / source_bytes)
     ensure_free_space(out.parent, merged_bytes, "the merged model")
     blocker = streaming_blocker(adapter, base_path, base_config, dtype)
-    _check_ram(base_path, dtype, blocker, merged_bytes)
+    _check_ram(base_path, adapter, dtype, blocker, merged_bytes)
 
     quantized = bool(manifest and manifest.details.get("quantization") == "nf4")
     note = (
