@@ -92,7 +92,9 @@ def _draw(name: str, shape: tuple[int, ...], seed: int, layers: int) -> Any:
     if name.endswith("norm.weight"):
         return torch.ones(shape, dtype=torch.bfloat16)
     std = _STD / (2 * layers) ** 0.5 if name.endswith(("o_proj.weight", "down_proj.weight")) else _STD
-    std = _EMBED_STD if name.endswith("embed_tokens.weight") else std
+    # An untied output layer (7B) is drawn equal to the embedding: a random one gives nearly flat
+    # logits whose top-1 flips under bf16 rounding alone. It is still its own tensor on disk.
+    std = _EMBED_STD if name.endswith(("embed_tokens.weight", "lm_head.weight")) else std
     generator = torch.Generator().manual_seed(seed)
     return (torch.randn(shape, generator=generator) * std).to(torch.bfloat16)
 
@@ -126,6 +128,10 @@ def build_random_model(out: Path, size: str, seed: int = 0) -> Path:
         used += nbytes
     with staging_dir(Path(out), force=True) as tmp:
         weight_map, total, seed_of = {}, 0, {name: seed * 100_003 + i for i, (name, _) in enumerate(layout)}
+        if "lm_head.weight" in seed_of:
+            seed_of["lm_head.weight"] = next(
+                v for k, v in seed_of.items() if k.endswith("embed_tokens.weight")
+            )
         for i, shard in enumerate(shards, 1):
             file = (
                 "model.safetensors" if len(shards) == 1 else f"model-{i:05d}-of-{len(shards):05d}.safetensors"
@@ -183,9 +189,11 @@ def random_adapter(model: Path, out: Path, r: int = 16, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     with ShardWriter(out / "adapter_model.safetensors", [(n, "F32", s) for n, s in tensors]) as writer:
         for name, shape in tensors:
-            writer.write(
-                name, torch.randn(shape, generator=generator) * (0.01 if "lora_B" in name else 1 / r)
-            )
+            # A as peft initialises it (kaiming-uniform: std 1/sqrt(3 x in)); B as a short training
+            # leaves it. A larger update on random weights makes the 28-layer 7B chaotic, and bf16
+            # rounding alone then moves its logits by a fifth, which no trained adapter does.
+            std = 0.01 if "lora_B" in name else (3 * shape[1]) ** -0.5
+            writer.write(name, torch.randn(shape, generator=generator) * std)
     config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(Path(model).resolve()),
         "r": r, "lora_alpha": 2 * r, "lora_dropout": 0.0, "target_modules": list(LORA_TARGETS),
