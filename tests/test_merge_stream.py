@@ -146,3 +146,31 @@ def test_a_ram_budget_too_small_is_refused_before_starting_with_the_figure(tiny_
     message = str(info.value)
     assert "needs about" in message and "100.0 MB is JMED_EDGE_RAM_BUDGET=100MB" in message
     assert not (tmp_path / "merged").exists()
+
+
+def test_a_disk_that_fills_while_writing_names_the_space_needed_and_leaves_nothing(
+    tiny_llama, tmp_path, monkeypatch
+):
+    import errno
+
+    import torch
+
+    import jmed_edge.merge.tensorfiles as tensorfiles
+    from jmed_edge.errors import DiskSpaceError
+
+    adapter = _adapter(tiny_llama, tmp_path / "adapter")
+    written = []
+
+    def full(self, tensor):
+        written.append(1)
+        if len(written) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self._fh.write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
+
+    monkeypatch.setattr(tensorfiles.ShardWriter, "_write_bytes", full)
+    with pytest.raises(DiskSpaceError) as info:
+        merge_adapter(adapter, tmp_path / "out" / "merged", base=tiny_llama)
+    message = str(info.value)
+    assert "disk full while writing the merged model" in message and "needs about" in message
+    assert "\n" not in message
+    assert not list((tmp_path / "out").iterdir())  # no partial folder or file left

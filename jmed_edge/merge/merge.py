@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from jmed_edge.artifacts import describe
-from jmed_edge.errors import ArtifactError, ConfigError, ModelError, VerificationError
-from jmed_edge.fsutil import dir_size, ensure_free_space, refuse_overlap, staging_dir
+from jmed_edge.errors import ArtifactError, ConfigError, DiskSpaceError, ModelError, VerificationError
+from jmed_edge.fsutil import dir_size, ensure_free_space, free_bytes, human_bytes, refuse_overlap, staging_dir
 from jmed_edge.manifest import Manifest, parent_record, read_manifest
 
 log = logging.getLogger(__name__)
@@ -320,40 +320,46 @@ def merge_adapter(
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     batch = probe_batch(tokenizer)
 
-    with staging_dir(out, force=force) as tmp:
-        if blocker is None:
-            result = _merge_streaming(adapter, base_path, base_config, tmp, dtype, batch)
-            method = "logits of the merged model as written vs base + adapter (unmerged), computed module by module from the files"
-        else:
-            log.warning("merging in memory with peft (needs about twice the model in RAM): %s", blocker)
-            result = _merge_in_memory(adapter, base_path, tmp, dtype, batch)
-            method = "logits of the reloaded merged model vs base + adapter"
-        tokenizer.save_pretrained(tmp)
-        if not result.passed:
-            raise VerificationError(
-                f"the merged model does not reproduce base + adapter: {'; '.join(result.failures()) or 'non-finite logits'} "
-                f"on {result.positions} probe positions; nothing was written to {out}"
+    try:
+        with staging_dir(out, force=force) as tmp:
+            if blocker is None:
+                result = _merge_streaming(adapter, base_path, base_config, tmp, dtype, batch)
+                method = "logits of the merged model as written vs base + adapter (unmerged), computed module by module from the files"
+            else:
+                log.warning("merging in memory with peft (needs about twice the model in RAM): %s", blocker)
+                result = _merge_in_memory(adapter, base_path, tmp, dtype, batch)
+                method = "logits of the reloaded merged model vs base + adapter"
+            tokenizer.save_pretrained(tmp)
+            if not result.passed:
+                raise VerificationError(
+                    f"the merged model does not reproduce base + adapter: {'; '.join(result.failures()) or 'non-finite logits'} "
+                    f"on {result.positions} probe positions; nothing was written to {out}"
+                )
+            base_manifest = read_manifest(base_path, required=False)
+            license = (manifest.license if manifest and manifest.license != "unknown" else None) or (
+                base_manifest.license if base_manifest else "unknown"
             )
-        base_manifest = read_manifest(base_path, required=False)
-        license = (manifest.license if manifest and manifest.license != "unknown" else None) or (
-            base_manifest.license if base_manifest else "unknown"
-        )
-        name = f"{base_manifest.name if base_manifest and base_manifest.name else base_path.name}-merged"
-        (tmp / "README.md").write_text(
-            model_card(name, base_path, adapter, manifest, license, dtype, result.as_dict(), note),
-            encoding="utf-8",
-        )
-        Manifest(
-            kind="model",
-            format="hf-safetensors",
-            name=name,
-            parent=parent_record(adapter),
-            config={"dtype": dtype, "base": str(base_path), "adapter": str(adapter)},
-            license=license,
-            details={"base": _base_record(base_path, manifest), "merged_from_qlora": quantized, "note": note,
-                     "streamed": blocker is None, "in_memory_reason": blocker,
-                     "pre_tokenizer": (base_manifest.details.get("pre_tokenizer") if base_manifest else None)},
-            verification=result.as_dict() | {"method": method},
-        ).seal(tmp)  # fmt: skip
+            name = f"{base_manifest.name if base_manifest and base_manifest.name else base_path.name}-merged"
+            (tmp / "README.md").write_text(
+                model_card(name, base_path, adapter, manifest, license, dtype, result.as_dict(), note),
+                encoding="utf-8",
+            )
+            Manifest(
+                kind="model",
+                format="hf-safetensors",
+                name=name,
+                parent=parent_record(adapter),
+                config={"dtype": dtype, "base": str(base_path), "adapter": str(adapter)},
+                license=license,
+                details={"base": _base_record(base_path, manifest), "merged_from_qlora": quantized, "note": note,
+                         "streamed": blocker is None, "in_memory_reason": blocker,
+                         "pre_tokenizer": (base_manifest.details.get("pre_tokenizer") if base_manifest else None)},
+                verification=result.as_dict() | {"method": method},
+            ).seal(tmp)  # fmt: skip
+    except DiskSpaceError as exc:  # the disk filled while writing: the staging folder is already gone
+        raise DiskSpaceError(
+            f"disk full while writing the merged model to {out.parent}: it needs about {human_bytes(merged_bytes)}, "
+            f"{human_bytes(free_bytes(out.parent))} is free now; nothing was left behind; free some space or choose another --out"
+        ) from exc
     log.info("merged model written to %s", out)
     return out
