@@ -278,6 +278,7 @@ def plot(rows: list[dict], png: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 5))
     for stage in STAGES:
@@ -287,11 +288,13 @@ def plot(rows: list[dict], png: Path) -> None:
         if not points:
             continue
         x = [p[0] for p in points]
+        # imatrix rows may cover fewer calibration chunks (--imatrix-chunks): see scale.json
         ax_t.plot(x, [p[1] for p in points], marker="o", label=stage)
         ax_m.plot(x, [p[2] / 1e9 for p in points], marker="o", label=stage)
     for ax, label in ((ax_t, "wall time (s)"), (ax_m, "peak RSS (GB)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # the 2x10^8 ... labels overlap
         ax.set_xlabel("parameters")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
