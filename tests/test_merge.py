@@ -88,19 +88,17 @@ def test_bf16_merge_passes_its_own_tolerance(adapter, tmp_path):
 
 
 def test_corrupted_merge_fails_and_writes_nothing(adapter, tmp_path, monkeypatch):
-    import torch
+    import jmed_edge.merge.stream as stream
 
-    import jmed_edge.merge.merge as merge_module
+    real = stream.fold_delta
+    first = []
 
-    real = merge_module.fold_adapter
+    def corrupt(weight, delta):  # the first merged weight (layer 0's first projection) off by 50%
+        merged = real(weight, delta)
+        first.append(1)
+        return merged * 1.5 if len(first) == 1 else merged
 
-    def corrupt(peft_model):
-        model = real(peft_model)
-        with torch.no_grad():
-            model.model.layers[0].self_attn.q_proj.weight.mul_(1.5)
-        return model
-
-    monkeypatch.setattr(merge_module, "fold_adapter", corrupt)
+    monkeypatch.setattr(stream, "fold_delta", corrupt)
     with pytest.raises(
         VerificationError, match="does not reproduce base \\+ adapter: max \\|logit difference\\|"
     ):

@@ -285,6 +285,22 @@ def quant_loss_check(reference: Path, candidate: Path, texts_by_lang: dict[str, 
 # --- the entry point ------------------------------------------------------------------------------
 
 
+def _source_logits(src: Path, probe_ids: list[list[int]]) -> tuple[list[np.ndarray], str]:
+    """The source's logits on the probes: computed module by module from its files where its
+    architecture allows (peak: one weight, not the model; see ``merge.streamed_check``), else
+    from the model loaded by the HF runtime."""
+    from jmed_edge.merge.streamed_check import source_logits
+
+    streamed = source_logits(src, probe_ids)
+    if streamed is not None:
+        return streamed
+    hf_runtime = open_for_checks(src)
+    try:
+        return [hf_runtime.logits(ids) for ids in probe_ids], str(getattr(hf_runtime, "dtype", "float32"))
+    finally:
+        hf_runtime.close()
+
+
 def verify_artifact(
     artifact: Path,
     against: Path | None = None,
@@ -345,12 +361,7 @@ def verify_artifact(
     finally:
         runtime.close()
     if float_type:
-        hf_runtime = open_for_checks(src)
-        try:
-            source_logits = [hf_runtime.logits(ids) for ids in probe_ids]
-            source_dtype = str(getattr(hf_runtime, "dtype", "float32"))
-        finally:
-            hf_runtime.close()
+        source_logits, source_dtype = _source_logits(src, probe_ids)
         result.checks.append(check_logits(source_logits, gguf_logits, float_type, source_dtype))
     ref = Path(reference) if reference else (None if float_type else float_parent(info.folder))
     if ref is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 EXAMPLES = """
 more examples:
-  jmed-edge merge runs/adapter --dtype bf16 --out runs/merged     # 7B: half the memory and disk
+  jmed-edge merge runs/adapter --dtype fp32 --out runs/merged     # fp32 weights from a bf16 base (twice the disk)
   jmed-edge merge runs/adapter --base /models/Qwen2-7B-Instruct --out runs/merged
 """
 
@@ -21,8 +21,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--base", help="base model folder (default: the base named in the adapter's manifest)"
     )
     parser.add_argument(
-        "--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
-        help="precision of the merged weights (default fp32; bf16 halves memory and size for a 7B)",
+        "--dtype", choices=("fp32", "bf16", "fp16"), default=None,
+        help="precision of the merged weights (default: the base's own, e.g. bf16 for Qwen2-7B)",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, required=True, help="folder for the merged model")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from jmed_edge.merge import merge_adapter
 
     console = Console(stderr=True, highlight=False)
-    with console.status(f"merging {args.adapter} ({args.dtype}) and checking the merge"):
+    with console.status(f"merging {args.adapter} ({args.dtype or 'base dtype'}) and checking the merge"):
         out = merge_adapter(args.adapter, args.out, base=args.base, dtype=args.dtype, force=args.force)
     manifest = read_manifest(out)
     v = manifest.verification
