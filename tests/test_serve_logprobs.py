@@ -158,3 +158,19 @@ def test_bad_scoring_requests_are_one_clear_400(server, body, message):
     assert message in error["message"] and error["type"] == "invalid_request_error"
     assert "\n" not in error["message"]
     assert post(server, prompt="The heart", max_tokens=2, temperature=0).status_code == 200  # still serving
+
+
+def test_an_answer_that_ends_at_once_still_lists_its_token(server, runtimes):
+    """With max_tokens 1, a model that ends its answer at once (here: "<|im_end|>" after "Yes.")
+    must still list that token: lm-eval drops the last listed token as the generated one."""
+    _, reference = runtimes
+    context = "<|im_start|>user\nSay yes.<|im_end|>\n<|im_start|>assistant\n"
+    [expected] = [s.logprob for s in reference.score_continuations(context, ["Yes."])]
+    n_ctx = len(reference.tokenize(context, add_special=True))
+    r = post(server, prompt=context + "Yes.", echo=True, logprobs=1, max_tokens=1, temperature=0)
+    choice = r.json()["choices"][0]
+    lp = choice["logprobs"]
+    assert choice["finish_reason"] == "stop" and lp["tokens"][-1] == "<|im_end|>"
+    assert len(lp["tokens"]) == r.json()["usage"]["prompt_tokens"] + 1
+    assert sum(lp["token_logprobs"][n_ctx:-1]) == pytest.approx(expected, abs=LLAMACPP_CONTINUATION_ATOL)
+    assert choice["text"] == context + "Yes."  # the end token is listed, not printed

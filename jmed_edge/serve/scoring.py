@@ -140,7 +140,12 @@ def score_prompts(runtime: Runtime, req: p.CompletionRequest, limit: int, params
                 text = "".join(runtime.generate(ids if takes_ids else prompt, run, stats))
             except JmedError as exc:
                 raise p.RequestError(400, str(exc)) from exc
-        generated = stats.tokens[: stats.completion_tokens]
+        # The token that ended the answer (end of generation) is listed too, as OpenAI lists
+        # "<|endoftext|>": lm-eval drops the last listed token as the generated one, so with
+        # max_tokens 1 and an answer that ends at once, leaving it out would make it drop the
+        # last prompt token instead and score the choice 0.0.
+        ended = stats.finish_reason == "stop" and len(stats.tokens) > stats.completion_tokens
+        generated = stats.tokens[: stats.completion_tokens + ended]
         logprobs = None
         if top is not None or req.echo:
             echo_text, _ = legacy_logprobs(runtime, echoed, top or 0) if req.echo else ("", None)
