@@ -237,3 +237,27 @@ def test_pipeline_sections_validate_with_did_you_mean(tmp_path: Path):
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def test_figures_draw_japanese_names_with_a_japanese_font(tmp_path: Path):
+    """A figure titled in Japanese (an artifact or category name) draws its glyphs, not boxes:
+    matplotlib warns "Glyph ... missing from font(s)" for every character it cannot draw."""
+    import warnings
+
+    from matplotlib import font_manager
+
+    from jmed_edge.report import plots
+
+    if not any(
+        key in Path(p).name.lower() for p in font_manager.findSystemFonts() for key in plots._JA_FILES
+    ):
+        pytest.skip("no Japanese font on this machine (apt install fonts-ipafont-gothic)")
+    plt = plots._pyplot()
+    fig, ax = plt.subplots()
+    ax.set_title("医療モデル-Q4_K_M: 正答率 (ja)")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig.savefig(tmp_path / "ja.png")
+    plt.close(fig)
+    missing = [str(w.message) for w in caught if "missing from font" in str(w.message)]
+    assert not missing, missing[:2]

@@ -33,6 +33,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -45,11 +47,14 @@ GOALS = {"merge": (1.3, "model"), "convert_f16": (1.2, "model"), "quantize_q8_0"
 PY = sys.executable
 
 
-def measure(cmd: list[str], log: Path) -> tuple[float, int, int]:
-    """(seconds, peak summed RSS of the tree, peak VmHWM of its largest process) of ``cmd``."""
+def measure(cmd: list[str], log: Path, lock: Path | None = None) -> tuple[float, int, int]:
+    """(seconds, peak summed RSS of the tree, peak VmHWM of its largest process) of ``cmd``.
+
+    ``lock``: a file locked (flock) while the stage runs, so that memory-heavy jobs sharing the
+    machine take turns instead of pushing each other out of RAM; the wait is not timed."""
     env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TQDM_DISABLE": "1"}
     peak_sum = peak_hwm = 0
-    with open(log, "w") as out:
+    with open(log, "w") as out, _locked(lock):
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         stop = threading.Event()
@@ -82,6 +87,21 @@ def measure(cmd: list[str], log: Path) -> tuple[float, int, int]:
         tail = log.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"{' '.join(map(str, cmd[:6]))} ... failed ({proc.returncode}):\n{tail}")
     return seconds, peak_sum, peak_hwm
+
+
+@contextmanager
+def _locked(lock: Path | None) -> Iterator[None]:
+    if lock is None:
+        yield
+        return
+    import fcntl
+
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _hwm(pid: int) -> int:
@@ -181,7 +201,33 @@ def _ratio(
     return (peak / denominator if denominator else None), of, goal
 
 
-def run(sizes: list[str], stages: list[str], out: Path, imatrix_chunks: int = 0) -> list[dict]:
+def _save_disk(stage: str, model: Path, work: Path) -> dict:
+    """After ``stage`` is measured, drop what later stages do not need (``--save-disk``): at the
+    7B shape the base, merged, F16 and Q8_0 copies together are 53 GB. The merged folder becomes
+    a link to the base (same shape and bytes: the weights are random either way), and Q8_0,
+    which no later stage reads, is deleted once its size is recorded."""
+    import shutil
+
+    if stage == "merge" and (work / "merged").is_dir() and not (work / "merged").is_symlink():
+        shutil.rmtree(work / "merged")
+        (work / "merged").symlink_to(model.resolve(), target_is_directory=True)
+        return {"later_stages_read": "the base model (merged copy deleted to save disk)"}
+    if stage == "quantize_q8_0" and (work / "gguf" / "Q8_0").is_dir():
+        size = _gguf_bytes(work, "Q8_0")
+        shutil.rmtree(work / "gguf" / "Q8_0")
+        return {"artifact_bytes": size, "artifact_deleted": True}
+    return {}
+
+
+def run(
+    sizes: list[str],
+    stages: list[str],
+    out: Path,
+    imatrix_chunks: int = 0,
+    *,
+    lock: Path | None = None,
+    save_disk: bool = False,
+) -> list[dict]:
     from jmed_edge.manifest import read_manifest
     from jmed_edge.testing.random_models import SOURCES, build_random_model
 
@@ -206,7 +252,7 @@ def run(sizes: list[str], stages: list[str], out: Path, imatrix_chunks: int = 0)
             print(f"[{size}] {stage} ...", flush=True)
             if stage == "imatrix":
                 os.environ["SCALE_IMATRIX_CHUNKS"] = str(imatrix_chunks)
-            seconds, peak_sum, peak_hwm = measure(commands(stage, model, work), work / f"{stage}.log")
+            seconds, peak_sum, peak_hwm = measure(commands(stage, model, work), work / f"{stage}.log", lock)
             peak = max(peak_sum, peak_hwm)
             ratio, of, goal = _ratio(stage, peak, model_bytes, work)
             row = {"size": size, "shape_of": SOURCES[size], "parameters": params, "stage": stage,
@@ -216,6 +262,8 @@ def run(sizes: list[str], stages: list[str], out: Path, imatrix_chunks: int = 0)
                    "met": None if ratio is None else ratio <= goal}  # fmt: skip
             if stage == "imatrix":
                 row["imatrix_chunks"] = imatrix_chunks or "all"
+            if save_disk:
+                row |= _save_disk(stage, model, work)
             rows.append(row)
             print(f"[{size}] {stage}: {seconds:.1f} s, peak {peak / 1e9:.2f} GB"
                   + ("" if ratio is None else f" = {ratio:.2f}x {of} (goal {goal}x)"), flush=True)  # fmt: skip
@@ -330,13 +378,24 @@ def main(argv: list[str] | None = None) -> int:
         "--imatrix-chunks", type=int, default=0,
         help="imatrix over the first N chunks of 512 tokens only (default: all 43; time is linear in N)",
     )  # fmt: skip
+    parser.add_argument(
+        "--lock", type=Path,
+        help="a file to flock while each stage runs (memory-heavy jobs sharing the machine take turns)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--save-disk", action="store_true",
+        help="link the merged folder to the base after merge and delete Q8_0 once measured (7B: 53 -> 30 GB)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     stages = [s for s in args.stages.split(",") if s]
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         parser.error(f"unknown stage {unknown[0]}; known: {', '.join(STAGES)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = run([s for s in args.sizes.split(",") if s], stages, args.out, args.imatrix_chunks)
+    rows = run(
+        [s for s in args.sizes.split(",") if s], stages, args.out, args.imatrix_chunks,
+        lock=args.lock, save_disk=args.save_disk,
+    )  # fmt: skip
     table(rows)
     plot(rows, args.out / "scale.png")
     (args.out / "scale.md").write_text(markdown(rows), encoding="utf-8")

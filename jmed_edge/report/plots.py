@@ -10,13 +10,53 @@ from jmed_edge.report.stats import pareto_front
 _LANG_COLOURS = {"ja": "#c0392b", "en": "#2471a3"}
 
 
+# Japanese fonts, most to least preferred, by family and by the file names their packages install
+# (fonts-ipaexfont, fonts-ipafont, fonts-noto-cjk, macOS, Windows).
+_JA_FAMILIES = ("IPAexGothic", "IPAGothic", "IPAPGothic", "Noto Sans CJK JP", "Noto Sans JP",
+                "Hiragino Sans", "Yu Gothic", "MS Gothic", "TakaoGothic", "VL Gothic")  # fmt: skip
+_JA_FILES = ("ipaexg", "ipag", "notosanscjk", "notosansjp", "hiragino", "yugoth", "msgothic",
+             "takaogothic", "vl-gothic")  # fmt: skip
+
+
 def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never a window
     import matplotlib.pyplot as plt
 
+    _japanese_fallback(matplotlib)
     return plt
+
+
+def _japanese_fallback(matplotlib) -> str | None:
+    """Let figures draw Japanese (artifact and category names) instead of empty boxes.
+
+    Matplotlib falls back glyph by glyph along ``font.family`` (3.6+), so a Japanese family goes
+    after DejaVu Sans. Its font list is cached when matplotlib is first imported, and a font
+    installed later is not in it: those are added from the system's font files by name."""
+    from matplotlib import font_manager
+
+    known = {f.name for f in font_manager.fontManager.ttflist}
+    found = next((f for f in _JA_FAMILIES if f in known), None)
+    if found is None:
+        for path in font_manager.findSystemFonts():
+            if any(key in Path(path).name.lower() for key in _JA_FILES):
+                try:
+                    font_manager.fontManager.addfont(path)
+                except (OSError, RuntimeError, ValueError):  # an unreadable font file: skip it
+                    continue
+        known = {f.name for f in font_manager.fontManager.ttflist}
+        found = next((f for f in _JA_FAMILIES if f in known), None)
+    if found is None:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "no Japanese font found: Japanese names in figures show as boxes "
+            "(install one, e.g. apt install fonts-ipafont-gothic or fonts-noto-cjk)"
+        )
+        return None
+    matplotlib.rcParams["font.family"] = ["DejaVu Sans", found]
+    return found
 
 
 def _mb_formatter(minor: bool = False):
