@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from jmed_edge.bench import BenchSettings, run_benchmark
-from jmed_edge.bench.tokenizer_check import CACHE
+from jmed_edge.bench.tokenizer_check import CACHE, tokenizer_files_sha256
 
 FIVE_JA = ["アスピリン", "インスリン", "メトホルミン", "ヘパリン", "ワルファリン"]
 
@@ -69,6 +69,15 @@ def test_a_question_diverges_where_its_prompt_or_a_scored_continuation_does() ->
     assert divergent_questions([only_text], render_bare, by_text, _merges_circled, _chars) == {"en": ["T"]}
 
 
+def test_the_cache_follows_the_source_tokenizers_content_not_its_path(tiny_llama: Path, tmp_path: Path):
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_llama, moved)
+    assert tokenizer_files_sha256(moved) == tokenizer_files_sha256(tiny_llama)
+    config = moved / "tokenizer_config.json"
+    config.write_text(json.dumps(json.loads(config.read_text(encoding="utf-8")) | {"model_max_length": 7}))
+    assert tokenizer_files_sha256(moved) != tokenizer_files_sha256(tiny_llama)
+
+
 @pytest.mark.slow
 def test_bench_records_the_questions_a_gguf_tokenizes_unlike_its_source(
     tiny_llama: Path, joined_bench: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -91,6 +100,7 @@ def test_bench_records_the_questions_a_gguf_tokenizes_unlike_its_source(
     assert on_disk["tokenizer_divergent_ids"] == {"ja": ["D1", "D2"]}
     cache = json.loads((folder / CACHE).read_text(encoding="utf-8"))
     assert cache["key"]["artifact_sha256"] == summary.sha256 and cache["key"]["benchmark_hash"]
+    assert cache["key"]["source_tokenizer_sha256"] == tokenizer_files_sha256(tiny_llama)
     from jmed_edge.bench import tokenizer_check
 
     def no_load(src: Path) -> None:

@@ -108,7 +108,24 @@ def cache_key(
 ) -> dict[str, Any]:
     return {"artifact_sha256": artifact_sha256, "benchmark_hash": benchmark_hash, "mode": settings.mode,
             "template": settings.template, "shots": settings.shots, "scoring": settings.scoring,
-            "source": str(Path(source).resolve())}  # fmt: skip
+            "source_tokenizer_sha256": tokenizer_files_sha256(source)}  # fmt: skip
+
+
+# The files a Hugging Face tokenizer is read from: the cache follows their content, so a tokenizer
+# edited in place (or the same one moved) is judged by what it is, not where it lies.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                    "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")  # fmt: skip
+
+
+def tokenizer_files_sha256(source: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in _TOKENIZER_FILES:
+        path = Path(source) / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def _read_cache(folder: Path, key: dict[str, Any]) -> dict[str, Any]:
