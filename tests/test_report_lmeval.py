@@ -8,6 +8,7 @@ files. The run folders come from ``run_benchmark`` itself, with a scripted runti
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -85,6 +86,9 @@ def test_results_match_lm_eval_s_schema_and_jmed_edge_s_numbers(exported: tuple[
         assert data["group_subtasks"] == {"jmed-sample": ["jmed-sample_ja", "jmed-sample_en"]}
         assert set(data["task_hashes"]) == {"jmed-sample_ja", "jmed-sample_en"}
     adapter = TypeAdapter(SampleResult)
+    from jmed_edge.bench.registry import load_benchmark
+
+    questions = {(q.id, q.lang): q for q in load_benchmark("jmed-sample").records}
     for samples_file in _files(out, "samples"):
         rows = [json.loads(line) for line in Path(samples_file).read_text(encoding="utf-8").splitlines()]
         assert len(rows) == 16
@@ -93,6 +97,11 @@ def test_results_match_lm_eval_s_schema_and_jmed_edge_s_numbers(exported: tuple[
             assert row["filter"] == "none" and row["metrics"] == ["acc"] and row["acc"] in (0.0, 1.0)
             greedy = [r for r in row["filtered_resps"] if r[1] == "True"]
             assert len(row["arguments"]) == len(row["resps"]) == len(row["filtered_resps"]) >= 2 and greedy
+            # The prompt the bench scored, the same for every choice, and hashed as lm-eval does.
+            prompts = {args["arg_0"] for args in row["arguments"].values()}
+            (prompt,) = prompts
+            assert questions[(row["doc"]["id"], row["doc"]["lang"])].question in prompt
+            assert row["prompt_hash"] == hashlib.sha256(prompt.encode("utf-8")).hexdigest()
 
 
 def test_lm_eval_prints_the_table(exported: tuple[Path, Path]) -> None:

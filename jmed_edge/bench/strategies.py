@@ -67,7 +67,7 @@ def score_loglik(
     results = score_batch(runtime, requests)
     latency = (time.perf_counter() - started) / max(len(batch), 1)
     rows = []
-    for q, result in zip(batch, results, strict=True):
+    for q, prompt, result in zip(batch, prompts, results, strict=True):
         n = len(q.choices)
         k, k_source = answers_requested(q)
         scores = {"letter": [round(s.logprob, 6) for s in result[:n]]}
@@ -84,6 +84,7 @@ def score_loglik(
         pred = preds[settings.scoring.replace("-", "_")]
         row = _base_row(q, k, k_source)
         row.update(pred=pred, correct=is_correct(q, pred), scores=scores, latency_s=round(latency, 6))
+        row["prompt"] = prompt  # exactly what was scored: lm-eval's samples and audits show it
         if with_text:
             row["preds"] = preds
         rows.append(row)
@@ -107,7 +108,8 @@ def score_generate(
         pred: Any = extract_number(response) if q.numeric else extract_letters(response, len(q.choices))
         row = _base_row(q, k, k_source)
         row.update(pred=pred, correct=is_correct(q, pred), response=response, latency_s=round(latency, 6),
-                   prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens)  # fmt: skip
+                   prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens,
+                   prompt=prompt)  # fmt: skip
         row.update(text_metrics(q, response, k))
         rows.append(row)
     return rows

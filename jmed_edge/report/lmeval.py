@@ -9,9 +9,10 @@ metadata) and, with ``--log_samples``, ``samples_<task>_<date>.jsonl`` (one line
 bench run folder: each benchmark × language is a task (``jmed-sample_ja``) in a group named
 after the benchmark, scored with lm-eval's ``acc`` (mean, with its standard error) and, where the
 benchmark has points (IgakuQA), ``points``. Letter log-likelihoods are the ``resps``, as lm-eval's
-``multiple_choice`` tasks log them; generate-mode runs log the generated text. The prompt itself
-(``arguments.gen_args_N.arg_0``) is left empty: ``predictions.jsonl`` does not keep prompts,
-only what identifies them (``doc`` holds the question id, language, gold and jmed-edge's pick).
+``multiple_choice`` tasks log them; generate-mode runs log the generated text. The prompt
+(``arguments.gen_args_N.arg_0``) is the one the bench scored, as ``predictions.jsonl`` keeps it;
+runs made before predictions kept prompts leave it empty (``doc`` still holds the question id,
+language, gold and jmed-edge's pick).
 """
 
 from __future__ import annotations
@@ -58,16 +59,17 @@ def _sample(i: int, row: dict[str, Any], mode: str) -> dict[str, Any]:
     pred = row.get("pred")
     doc = {k: row[k] for k in ("id", "lang", "gold", "category", "points") if k in row}
     doc["prediction"] = pred if isinstance(pred, str) else ",".join(pred or [])  # what jmed-edge read
+    prompt = str(row.get("prompt", ""))
     if mode == "loglik":
         scores = row.get("scores", {}).get("letter", [])
         best = max(scores) if scores else None
         arguments = {
-            f"gen_args_{j}": {"arg_0": "", "arg_1": f" {letters[j].upper()}"} for j in range(len(scores))
+            f"gen_args_{j}": {"arg_0": prompt, "arg_1": f" {letters[j].upper()}"} for j in range(len(scores))
         }
         resps = [[[str(s), str(s == best)]] for s in scores]
         filtered = [[str(s), str(s == best)] for s in scores]
     else:
-        arguments = {"gen_args_0": {"arg_0": "", "arg_1": {"until": [], "do_sample": False}}}
+        arguments = {"gen_args_0": {"arg_0": prompt, "arg_1": {"until": [], "do_sample": False}}}
         resps = [[row.get("response", "")]]
         filtered = [row.get("response", "")]
     sample = {
@@ -80,7 +82,7 @@ def _sample(i: int, row: dict[str, Any], mode: str) -> dict[str, Any]:
         "filter": FILTER,
         "metrics": ["acc"],
         "doc_hash": _hash(json.dumps(doc, sort_keys=True, ensure_ascii=False)),
-        "prompt_hash": _hash(f"{row['id']}:{row['lang']}"),
+        "prompt_hash": _hash(prompt or f"{row['id']}:{row['lang']}"),
         "target_hash": _hash(gold),
         "acc": 1.0 if row.get("correct") else 0.0,
     }
