@@ -75,7 +75,7 @@ def build_root(base: Path) -> Path:
     for name, quant, size in GGUFS:
         folder = root / "gguf" / quant
         folder.mkdir(parents=True)
-        (folder / f"model-{quant}.gguf").write_bytes(b"GGUF" + b"\0" * size)
+        (folder / f"{name}.gguf").write_bytes(b"GGUF" + b"\0" * size)
         _seal(folder, kind="gguf", format="gguf", name=name, details={"quant": quant},
               verification=verified if quant != "Q4_K_M" else {},
               parent={"path": "runs/merged", "kind": "model", "sha256": "0" * 64})  # fmt: skip
