@@ -43,3 +43,16 @@ def test_merge_peak_rss_is_at_most_1_3x_the_model(shape_05b, tmp_path):
     assert manifest.verification["passed"] and manifest.verification["top1_agreement"] >= 0.99
     # Measured 0.92-1.05x (0.5B shape, 2-core CPU); peft's in-memory merge took 3.0x (bf16) and 3.8x (fp32).
     assert ratio <= 1.3, f"merge peak {max(tree, hwm) / 1e9:.2f} GB = {ratio:.2f}x the model"
+
+
+def test_the_scale_benchmark_runs_its_gguf_stages_at_the_smallest_shape(tmp_path):
+    """The benchmark's own stages (merge, convert, imatrix, quantize through its worker) at 135M, so a
+    change in the converter's functions shows here and not in the middle of a 7B run."""
+    stages = ["merge", "convert_f16", "imatrix", "quantize_q8_0", "quantize_q4_k_m"]
+    rows = _scale().run(["135m"], stages, tmp_path, imatrix_chunks=1, save_disk=True)
+    assert [r["stage"] for r in rows] == stages
+    assert all(r["seconds"] > 0 and r["peak_rss_bytes"] > 0 for r in rows)
+    q8 = next(r for r in rows if r["stage"] == "quantize_q8_0")
+    assert q8["artifact_deleted"] and q8["artifact_bytes"] > 0  # --save-disk: measured, then removed
+    assert not (tmp_path / "runs/135m/gguf/Q8_0").exists() and (tmp_path / "runs/135m/merged").is_symlink()
+    assert list((tmp_path / "runs/135m/gguf/Q4_K_M").glob("*-Q4_K_M.gguf"))

@@ -159,7 +159,8 @@ def _worker(stage: str, merged: str, gguf_dir: str) -> int:
         return 0
     q = quant_type(stage.removeprefix("quantize_"))
     im = gguf._imatrix(matrix, base_dir, source, LogProgress()) if q.uses_imatrix else None
-    gguf._quantize_one(q, base_dir, Path(gguf_dir) / q.name, source, im, force=True, verify=False,
+    model = gguf.resolve_name(source, None, LogProgress())
+    gguf._quantize_one(q, base_dir, Path(gguf_dir) / q.name, source, im, model, force=True, verify=False,
                        progress=LogProgress(), texts_by_lang=None)  # fmt: skip
     return 0
 
