@@ -273,11 +273,21 @@ def run(
 
 
 def _write(path: Path, rows: list[dict]) -> None:
+    """Write ``rows`` over the file's rows of the same size and stage, keeping the others: two runs
+    (say 7b, and 0.5b beside it) may share one OUT."""
     import platform
 
+    mine = {(r["size"], r["stage"]) for r in rows}
+    try:
+        kept = [r for r in json.loads(path.read_text())["stages"] if (r["size"], r["stage"]) not in mine]
+    except (OSError, ValueError, KeyError):
+        kept = []
+    rows = kept + rows
     meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
             "ram_bytes": psutil.virtual_memory().total}  # fmt: skip
-    path.write_text(json.dumps({"machine": meta, "stages": rows}, indent=2) + "\n", encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")  # renamed over: a reader never sees half a file
+    tmp.write_text(json.dumps({"machine": meta, "stages": rows}, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def table(rows: list[dict]) -> None:
