@@ -56,6 +56,34 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--list-quants shows both",
     )
     parser.add_argument(
+        "--budget",
+        metavar="SIZE[,SIZE]",
+        help="gguf: also make a mixed-precision GGUF per size (e.g. 5.5GB) whose per-tensor types are "
+        "chosen from measured ja/en sensitivity to fit it (artifact MIX-5.5GB); same as --quant mix:5.5GB",
+    )
+    parser.add_argument(
+        "--mix",
+        choices=("auto",),
+        default="auto",
+        help="how --budget chooses types: auto measures each tensor group's KL per type (default)",
+    )
+    parser.add_argument(
+        "--lang-weight",
+        metavar="ja=W,en=W",
+        help="--budget: weight of each language's KL in the search (default ja=0.5,en=0.5)",
+    )
+    parser.add_argument(
+        "--mix-types",
+        metavar="LIST",
+        help="--budget: ggml types to choose from per tensor (default q2_k,q3_k,q4_k,q5_k,q6_k,q8_0)",
+    )
+    parser.add_argument(
+        "--mix-bands",
+        type=int,
+        metavar="N",
+        help="--budget: layer bands per tensor role (default 2; more = finer choice, more probes)",
+    )
+    parser.add_argument(
         "--preset", metavar="NAME", help="target-machine preset (see --list-presets) or a preset YAML file"
     )
     parser.add_argument(
@@ -121,23 +149,36 @@ def _main(args: argparse.Namespace) -> int:
 def to_gguf(args: argparse.Namespace, console) -> dict[str, Path]:
     from jmed_edge.convert.console import RichProgress, artifacts_table
     from jmed_edge.convert.gguf import convert_to_gguf
+    from jmed_edge.convert.mix import mix_spec, split_mix
     from jmed_edge.convert.quant_types import DEFAULT_QUANTS
 
     _refuse_onnx_names(args)
     quants, imatrix, outtype = args.quant, args.imatrix, args.outtype
+    budgets = [b for b in (args.budget or "").replace(" ", "").split(",") if b]
     with RichProgress() as progress:
         if args.preset:
             from jmed_edge.convert.presets import load_preset
 
             preset = load_preset(args.preset)
-            quants = quants or ",".join(preset.quants)
+            if quants is None:
+                quants = ",".join(preset.quants)
+                budgets += preset.budgets
             imatrix = imatrix or preset.imatrix
             outtype = outtype or preset.outtype
-            progress.note(f"preset {preset.name}: {preset.description}; types {quants}, imatrix {imatrix}")
+            what = ", ".join([*preset.quants, *(f"mix:{b}" for b in preset.budgets)])
+            progress.note(f"preset {preset.name}: {preset.description}; types {what}, imatrix {imatrix}")
+        types, in_quant = split_mix(quants)
+        budgets += in_quant
+        if quants is None and budgets:
+            types = []  # --budget alone makes the mixed GGUF, not the default types too
+        mixes = [
+            mix_spec(b, args.lang_weight, args.mix_types, args.mix_bands) for b in dict.fromkeys(budgets)
+        ]
         folders = convert_to_gguf(
             args.src,
             args.out,
-            quants=quants if quants is not None else DEFAULT_QUANTS,
+            quants=types if quants is not None or budgets else DEFAULT_QUANTS,
+            mixes=mixes,
             imatrix=imatrix,
             outtype=outtype or "f16",
             force=args.force,
