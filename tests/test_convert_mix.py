@@ -159,3 +159,14 @@ def test_cli_budget_without_unit_is_one_line(run_cli) -> None:
 def test_sensitivities_are_saved_for_the_next_budget(mixed: tuple[Path, int]) -> None:
     saved = json.loads((mixed[0].parent / "mix-sensitivity.json").read_text())
     assert saved["probes"] > 1 and saved["increments"]
+
+
+def test_report_and_tui_name_the_mix_with_its_bits(mixed: tuple[Path, int]) -> None:
+    from jmed_edge.artifacts import describe
+    from jmed_edge.report.build import _format_and_quant
+    from jmed_edge.tui.backend import quant_of
+
+    folder = mixed[0]
+    bpw = read_manifest(folder).details["bits_per_weight"]
+    assert quant_of(describe(folder)) == f"MIX-TEST ({bpw:.2f} bpw)"
+    assert _format_and_quant(str(folder)) == ("gguf", f"MIX-TEST ({bpw:.2f} bpw)")

@@ -126,3 +126,13 @@ def test_a_preset_names_a_budget(tmp_path) -> None:
     path.write_text("name: p\ndescription: d\ndevice: cpu\nmemory: 8GB\nbudgets: ['450']\n")
     with pytest.raises(ConfigError, match="with a unit"):
         load_preset(path)
+
+
+def test_a_recipe_takes_a_mix_among_its_quants(tmp_path) -> None:
+    from jmed_edge.pipeline.recipe import GgufSection
+
+    assert GgufSection(quants=["q8_0", "mix:5.5GB"]).quants == ["q8_0", "mix:5.5GB"]
+    with pytest.raises(ValueError, match="with a unit"):
+        GgufSection(quants=["q8_0", "mix:5.5"])
+    with pytest.raises(ValueError, match="unknown quant type"):
+        GgufSection(quants=["q9_0"])
