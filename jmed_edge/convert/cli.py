@@ -22,6 +22,8 @@ examples:
   jmed-edge convert default --to gguf --quant q8_0,q6_k,q5_k_m,q4_k_m,q4_0,q3_k_m,q2_k --out runs/gguf
   jmed-edge convert runs/merged --to gguf --preset cpu-8gb --out runs/gguf      (imatrix from ja/en medical text)
   jmed-edge convert runs/merged --to gguf --quant iq3_m,iq2_xs --out runs/gguf
+  jmed-edge convert runs/merged --to gguf --budget 4.5GB --lang-weight ja=0.7,en=0.3 --out runs/gguf
+      (MIX-4.5GB: per-tensor types from measured ja/en sensitivity; tensor-types.txt beside it)
   jmed-edge convert runs/merged --to gguf --quant q4_0 --imatrix none --out runs/gguf   (opt out)
   jmed-edge convert runs/adapter --to gguf-lora --base-gguf runs/gguf/F16 --out runs/gguf-lora
   jmed-edge convert runs/merged --to onnx --quant int8,int4 --out runs/onnx
@@ -238,9 +240,8 @@ def _list_presets(console) -> int:
         table.add_column(column)
     for name in shipped_presets():
         p = load_preset(name)
-        table.add_row(
-            name, p.device, p.memory, ", ".join(q.lower() for q in p.quants), p.imatrix, p.description
-        )
+        types = [q.lower() for q in p.quants] + [f"mix:{b}" for b in p.budgets]
+        table.add_row(name, p.device, p.memory, ", ".join(types), p.imatrix, p.description)
     console.print(table)
     return 0
 
