@@ -170,3 +170,20 @@ def test_report_and_tui_name_the_mix_with_its_bits(mixed: tuple[Path, int]) -> N
     bpw = read_manifest(folder).details["bits_per_weight"]
     assert quant_of(describe(folder)) == f"MIX-TEST ({bpw:.2f} bpw)"
     assert _format_and_quant(str(folder)) == ("gguf", f"MIX-TEST ({bpw:.2f} bpw)")
+
+
+def test_budget_ram_subtracts_the_measured_overhead(base: dict[str, Path], tmp_path: Path) -> None:
+    from jmed_edge.convert.mix import build_mix, mix_spec
+    from jmed_edge.convert.progress import LogProgress
+    from jmed_edge.errors import ConfigError
+
+    f16 = _file(base["F16"])
+    spec = mix_spec("2GB", types=",".join(CANDIDATES), ram=True, n_ctx=512)
+    assert spec.label == "MIX-RAM2GB"
+    ram = build_mix(f16, tmp_path / "m.gguf", spec, progress=LogProgress()).record["ram"]
+    # the interpreter and llama.cpp alone take tens of MB; the F16 itself is mapped, not counted twice
+    assert ram["overhead_bytes"] > 20 * 1024**2
+    assert ram["peak_rss_bytes"] == ram["overhead_bytes"] + f16.stat().st_size
+    assert ram["file_budget_bytes"] == 2 * 1024**3 - ram["overhead_bytes"]
+    with pytest.raises(ConfigError, match="leaves nothing for the weights"):
+        build_mix(f16, tmp_path / "n.gguf", mix_spec("1MB", ram=True, n_ctx=512), progress=LogProgress())

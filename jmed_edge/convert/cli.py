@@ -64,6 +64,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "chosen from measured ja/en sensitivity to fit it (artifact MIX-5.5GB); same as --quant mix:5.5GB",
     )
     parser.add_argument(
+        "--budget-ram",
+        metavar="SIZE",
+        help="gguf: like --budget, for a peak RAM at --ram-context tokens (the runtime's overhead is "
+        "measured on the F16 GGUF); artifact MIX-RAM<SIZE>",
+    )
+    parser.add_argument(
+        "--ram-context",
+        type=int,
+        metavar="N",
+        help="--budget-ram: the context length the RAM must hold (default 4096)",
+    )
+    parser.add_argument(
         "--mix",
         choices=("auto",),
         default="auto",
@@ -171,15 +183,25 @@ def to_gguf(args: argparse.Namespace, console) -> dict[str, Path]:
             progress.note(f"preset {preset.name}: {preset.description}; types {what}, imatrix {imatrix}")
         types, in_quant = split_mix(quants)
         budgets += in_quant
-        if quants is None and budgets:
-            types = []  # --budget alone makes the mixed GGUF, not the default types too
         mixes = [
             mix_spec(b, args.lang_weight, args.mix_types, args.mix_bands) for b in dict.fromkeys(budgets)
         ]
+        if args.budget_ram:
+            mixes.append(
+                mix_spec(
+                    args.budget_ram,
+                    args.lang_weight,
+                    args.mix_types,
+                    args.mix_bands,
+                    ram=True,
+                    n_ctx=args.ram_context,
+                )
+            )
         folders = convert_to_gguf(
             args.src,
             args.out,
-            quants=types if quants is not None or budgets else DEFAULT_QUANTS,
+            # --budget alone makes the mixed GGUF, not the default types too
+            quants=types if quants is not None or mixes else DEFAULT_QUANTS,
             mixes=mixes,
             imatrix=imatrix,
             outtype=outtype or "f16",

@@ -18,7 +18,7 @@ import re
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from jmed_edge.convert.mix_plan import (
     tensor_nbytes,
     tensor_type_file,
 )
+from jmed_edge.convert.mix_ram import DEFAULT_CONTEXT, file_budget
 from jmed_edge.convert.progress import Progress
 from jmed_edge.convert.quant_types import quant_type
 from jmed_edge.convert.quantize import quantize_gguf
@@ -60,6 +61,8 @@ class MixSpec:
     candidates: tuple[str, ...] = DEFAULT_CANDIDATES
     bands: int = DEFAULT_BANDS
     positions: int = mix_probe.DEFAULT_SENSITIVITY_POSITIONS
+    ram: int | None = None  # --budget-ram: peak RAM at n_ctx; the file budget is measured from it
+    n_ctx: int = DEFAULT_CONTEXT
 
 
 def parse_budget(text: str) -> tuple[int, str]:
@@ -98,15 +101,23 @@ def mix_spec(
     types: str | Sequence[str] | None = None,
     bands: int | None = None,
     positions: int | None = None,
+    *,
+    ram: bool = False,
+    n_ctx: int | None = None,
 ) -> MixSpec:
+    """``budget`` is a file size, or with ``ram`` a peak RAM at ``n_ctx`` tokens (``MIX-RAM8GB``)."""
     size, label = parse_budget(budget)
+    if n_ctx is not None and n_ctx < 1:
+        raise ConfigError(f"--ram-context must be a positive number of tokens, not {n_ctx}")
     return MixSpec(
         size,
-        label,
+        label.replace("MIX-", "MIX-RAM") if ram else label,
         parse_lang_weights(lang_weight),
         tuple(parse_candidates(types)),
         bands or DEFAULT_BANDS,
         positions or mix_probe.DEFAULT_SENSITIVITY_POSITIONS,
+        size if ram else None,
+        n_ctx or DEFAULT_CONTEXT,
     )
 
 
@@ -131,6 +142,16 @@ def build_mix(
 ) -> MixResult:
     """Write ``dest`` (and ``tensor-types.txt`` beside it): ``f16`` at the chosen per-tensor types."""
     start = time.perf_counter()
+    ram_record: dict[str, Any] = {}
+    if spec.ram:
+        progress.task(f"{spec.label}: measuring what running the model costs besides its weights", total=None)
+        budget, ram_record = file_budget(f16, spec.ram, spec.n_ctx)
+        progress.note(
+            f"{spec.label}: peak RAM {human_bytes(spec.ram)} at {spec.n_ctx} tokens = file up to "
+            f"{human_bytes(budget)} + measured overhead {human_bytes(ram_record['overhead_bytes'])} "
+            f"(KV cache {human_bytes(ram_record['kv_cache_bytes'])} of it)"
+        )
+        spec = replace(spec, budget=budget)
     needing = [t for t in spec.candidates if t in NEEDS_IMATRIX]
     if needing and imatrix is None:
         raise ConfigError(
@@ -156,7 +177,7 @@ def build_mix(
             "nothing needs quantizing, so this is a copy of the F16 GGUF"
         )
         shutil.copyfile(f16, dest)
-        return MixResult({"budget_bytes": spec.budget, "copied_f16": True}, [])
+        return MixResult({"budget_bytes": spec.budget, "copied_f16": True, "ram": ram_record}, [])
     if spec.budget < smallest:
         raise ConfigError(
             f"budget {human_bytes(spec.budget)} is below the smallest reachable size "
@@ -218,6 +239,7 @@ def build_mix(
         "measured_kl_sensitivity_text": measured,
         "method": "multiple-choice knapsack (DP) over additive per-group KL increments",
         "tensor_types_file": TYPES_FILE,
+        "ram": ram_record,
     }
     progress.finish(
         f"{spec.label}: {human_bytes(real_size)} (budget {human_bytes(spec.budget)}), search "
