@@ -197,7 +197,9 @@ def build_mix(
     for g in groups:
         for opt in options[g.name]:
             opt.kl = sens.weighted(g.name, opt, spec.weights)
+    knapsack_start = time.perf_counter()
     plan = choose(groups, options, spec.budget - fixed)
+    knapsack_seconds = time.perf_counter() - knapsack_start
     search_seconds = time.perf_counter() - start
     types = plan.tensor_types()
     types_path = dest.parent / TYPES_FILE
@@ -234,7 +236,8 @@ def build_mix(
             "probes": sens.probes,
             "probe_seconds": round(sens.seconds, 1),
         },
-        "search_seconds": round(search_seconds, 1),
+        "search_seconds": round(search_seconds, 1),  # probes (unless saved) + knapsack
+        "knapsack_seconds": round(knapsack_seconds, 3),
         "predicted_kl": predicted,
         "measured_kl_sensitivity_text": measured,
         "method": "multiple-choice knapsack (DP) over additive per-group KL increments",
