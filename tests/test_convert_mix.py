@@ -187,3 +187,19 @@ def test_budget_ram_subtracts_the_measured_overhead(base: dict[str, Path], tmp_p
     assert ram["file_budget_bytes"] == 2 * 1024**3 - ram["overhead_bytes"]
     with pytest.raises(ConfigError, match="leaves nothing for the weights"):
         build_mix(f16, tmp_path / "n.gguf", mix_spec("1MB", ram=True, n_ctx=512), progress=LogProgress())
+
+
+def test_cli_budget_makes_only_the_mix(run_cli, tiny256: Path, base: dict[str, Path], tmp_path: Path) -> None:
+    low, high = _reachable(_file(base["F16"]))
+    kb = ((low + high) // 2 + 8192) // 1024
+    out = tmp_path / "gguf"
+    code, stdout, stderr = run_cli(
+        "convert", tiny256, "--to", "gguf", "--budget", f"{kb}KB", "--mix-types", "q2_k,q4_k,q8_0",
+        "--lang-weight", "ja=0.7,en=0.3", "--no-verify", "--out", out,
+    )  # fmt: skip
+    assert code == 0, stdout + stderr
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["F16", f"MIX-{kb}KB"]
+    mix = read_manifest(out / f"MIX-{kb}KB").details["mix"]
+    assert mix["lang_weights"] == {"ja": 0.7, "en": 0.3}
+    assert mix["size_bytes"] <= kb * 1024
+    assert (out / f"MIX-{kb}KB" / TYPES_FILE).is_file()
