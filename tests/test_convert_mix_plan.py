@@ -136,3 +136,13 @@ def test_a_recipe_takes_a_mix_among_its_quants(tmp_path) -> None:
         GgufSection(quants=["q8_0", "mix:5.5"])
     with pytest.raises(ValueError, match="unknown quant type"):
         GgufSection(quants=["q9_0"])
+
+
+def test_a_type_that_needs_an_imatrix_is_refused_without_one(tmp_path) -> None:
+    from jmed_edge.convert.mix import MixSpec, build_mix
+    from jmed_edge.convert.progress import LogProgress
+
+    spec = MixSpec(10**9, "MIX-1GB", {"ja": 0.5, "en": 0.5}, ("IQ4_NL", "Q8_0"), 2, 64)
+    with pytest.raises(ConfigError, match="IQ4_NL need an importance matrix"):
+        build_mix(tmp_path / "absent.gguf", tmp_path / "m.gguf", spec, progress=LogProgress())
+    assert not (tmp_path / "m.gguf").exists()
