@@ -146,3 +146,16 @@ def test_a_type_that_needs_an_imatrix_is_refused_without_one(tmp_path) -> None:
     with pytest.raises(ConfigError, match="IQ4_NL need an importance matrix"):
         build_mix(tmp_path / "absent.gguf", tmp_path / "m.gguf", spec, progress=LogProgress())
     assert not (tmp_path / "m.gguf").exists()
+
+
+def test_saved_sensitivities_are_not_reused_for_other_types(tmp_path) -> None:
+    from jmed_edge.convert.mix_probe import _cache_key
+
+    f16 = tmp_path / "m.gguf"
+    f16.write_bytes(b"GGUF")
+    group = Group("attn_q@0-0", "attn_q", [Tensor("blk.0.attn_q.weight", (256, 256))])
+    few = {group.name: group_options(group, ["Q4_K", "Q8_0"])[0]}
+    more = {group.name: group_options(group, ["Q2_K", "Q4_K", "Q8_0"])[0]}
+    assert _cache_key(f16, None, [group], few, 128) == _cache_key(f16, None, [group], few, 128)
+    assert _cache_key(f16, None, [group], few, 128) != _cache_key(f16, None, [group], more, 128)
+    assert _cache_key(f16, None, [group], few, 128) != _cache_key(f16, None, [group], few, 512)

@@ -49,22 +49,27 @@ class Sensitivity:
         per_lang = self.increments[group][option_key(option)]
         return sum(weights[lang] * per_lang[lang] for lang in weights)
 
-    def base_weighted(self, weights: dict[str, float]) -> float:
-        return sum(weights[lang] * self.base_kl[lang] for lang in weights)
-
 
 def option_key(option: Option) -> str:
     return ",".join(sorted(set(option.types.values())))
 
 
-def _cacheoption_key(f16: Path, imatrix: Path | None, groups: list[Group], positions: int) -> str:
-    stat = f16.stat()
+def _stamp(path: Path | None) -> str:
+    if path is None:
+        return ""
+    stat = path.stat()
+    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _cache_key(
+    f16: Path, imatrix: Path | None, groups: list[Group], options: dict[str, list[Option]], positions: int
+) -> str:
+    """What the saved increments depend on: the files, the groups, the options and the text."""
     parts = [
-        str(f16.resolve()),
-        str(stat.st_size),
-        str(stat.st_mtime_ns),
-        str(imatrix.resolve()) if imatrix else "",
+        _stamp(f16),
+        _stamp(imatrix),
         json.dumps([[g.name, [t.name for t in g.tensors]] for g in groups]),
+        json.dumps({g: sorted(option_key(o) for o in opts) for g, opts in options.items()}),
         json.dumps(sensitivity_texts(), ensure_ascii=False),
         str(positions),
     ]
@@ -96,7 +101,7 @@ def measure(
     on_probe: Callable[[int, int, str], None] | None = None,
 ) -> Sensitivity:
     """KL increments of every (group, option) but the all-Q8_0 one (its increment is 0 by definition)."""
-    key = _cacheoption_key(f16, imatrix and imatrix.path, groups, positions)
+    key = _cache_key(f16, imatrix and imatrix.path, groups, options, positions)
     if cache and cache.is_file():
         saved: dict[str, Any] = json.loads(cache.read_text(encoding="utf-8"))
         if saved.get("key") == key:
