@@ -204,3 +204,9 @@ def test_cli_budget_makes_only_the_mix(run_cli, tiny256: Path, base: dict[str, P
     assert mix["lang_weights"] == {"ja": 0.7, "en": 0.3}
     assert mix["size_bytes"] <= kb * 1024
     assert (out / f"MIX-{kb}KB" / TYPES_FILE).is_file()
+    # a recipe naming the same budget finds the mix fresh; another budget does not
+    from jmed_edge.pipeline.run import _gguf_fresh
+
+    fresh = _gguf_fresh(tiny256, out, [f"mix:{kb}KB"], "auto", "f16")
+    assert set(fresh) == {"F16", f"MIX-{kb}KB"}
+    assert _gguf_fresh(tiny256, out, [f"mix:{kb + 1}KB"], "auto", "f16") == {}
