@@ -22,6 +22,8 @@ examples:
   jmed-edge convert default --to gguf --quant q8_0,q6_k,q5_k_m,q4_k_m,q4_0,q3_k_m,q2_k --out runs/gguf
   jmed-edge convert runs/merged --to gguf --preset cpu-8gb --out runs/gguf      (imatrix from ja/en medical text)
   jmed-edge convert runs/merged --to gguf --quant iq3_m,iq2_xs --out runs/gguf
+  jmed-edge convert runs/merged --to gguf --budget 4.5GB --lang-weight ja=0.7,en=0.3 --out runs/gguf
+      (MIX-4.5GB: per-tensor types from measured ja/en sensitivity; tensor-types.txt beside it)
   jmed-edge convert runs/merged --to gguf --quant q4_0 --imatrix none --out runs/gguf   (opt out)
   jmed-edge convert runs/adapter --to gguf-lora --base-gguf runs/gguf/F16 --out runs/gguf-lora
   jmed-edge convert runs/merged --to onnx --quant int8,int4 --out runs/onnx
@@ -54,6 +56,46 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="what to make, comma-separated: llama.cpp types for --to gguf, e.g. q8_0,q4_k_m "
         "(default q8_0,q4_k_m); precisions for --to onnx: fp32,fp16,int8,int4 (default fp32,int8,int4); "
         "--list-quants shows both",
+    )
+    parser.add_argument(
+        "--budget",
+        metavar="SIZE[,SIZE]",
+        help="gguf: also make a mixed-precision GGUF per size (e.g. 5.5GB) whose per-tensor types are "
+        "chosen from measured ja/en sensitivity to fit it (artifact MIX-5.5GB); same as --quant mix:5.5GB",
+    )
+    parser.add_argument(
+        "--budget-ram",
+        metavar="SIZE",
+        help="gguf: like --budget, for a peak RAM at --ram-context tokens (the runtime's overhead is "
+        "measured on the F16 GGUF); artifact MIX-RAM<SIZE>",
+    )
+    parser.add_argument(
+        "--ram-context",
+        type=int,
+        metavar="N",
+        help="--budget-ram: the context length the RAM must hold (default 4096)",
+    )
+    parser.add_argument(
+        "--mix",
+        choices=("auto",),
+        default="auto",
+        help="how --budget chooses types: auto measures each tensor group's KL per type (default)",
+    )
+    parser.add_argument(
+        "--lang-weight",
+        metavar="ja=W,en=W",
+        help="--budget: weight of each language's KL in the search (default ja=0.5,en=0.5)",
+    )
+    parser.add_argument(
+        "--mix-types",
+        metavar="LIST",
+        help="--budget: ggml types to choose from per tensor (default q2_k,q3_k,q4_k,q5_k,q6_k,q8_0)",
+    )
+    parser.add_argument(
+        "--mix-bands",
+        type=int,
+        metavar="N",
+        help="--budget: layer bands per tensor role (default 2; more = finer choice, more probes)",
     )
     parser.add_argument(
         "--preset", metavar="NAME", help="target-machine preset (see --list-presets) or a preset YAML file"
@@ -121,23 +163,46 @@ def _main(args: argparse.Namespace) -> int:
 def to_gguf(args: argparse.Namespace, console) -> dict[str, Path]:
     from jmed_edge.convert.console import RichProgress, artifacts_table
     from jmed_edge.convert.gguf import convert_to_gguf
+    from jmed_edge.convert.mix import mix_spec, split_mix
     from jmed_edge.convert.quant_types import DEFAULT_QUANTS
 
     _refuse_onnx_names(args)
     quants, imatrix, outtype = args.quant, args.imatrix, args.outtype
+    budgets = [b for b in (args.budget or "").replace(" ", "").split(",") if b]
     with RichProgress() as progress:
         if args.preset:
             from jmed_edge.convert.presets import load_preset
 
             preset = load_preset(args.preset)
-            quants = quants or ",".join(preset.quants)
+            if quants is None:
+                quants = ",".join(preset.quants)
+                budgets += preset.budgets
             imatrix = imatrix or preset.imatrix
             outtype = outtype or preset.outtype
-            progress.note(f"preset {preset.name}: {preset.description}; types {quants}, imatrix {imatrix}")
+            what = ", ".join([*preset.quants, *(f"mix:{b}" for b in preset.budgets)])
+            progress.note(f"preset {preset.name}: {preset.description}; types {what}, imatrix {imatrix}")
+        types, in_quant = split_mix(quants)
+        budgets += in_quant
+        mixes = [
+            mix_spec(b, args.lang_weight, args.mix_types, args.mix_bands) for b in dict.fromkeys(budgets)
+        ]
+        if args.budget_ram:
+            mixes.append(
+                mix_spec(
+                    args.budget_ram,
+                    args.lang_weight,
+                    args.mix_types,
+                    args.mix_bands,
+                    ram=True,
+                    n_ctx=args.ram_context,
+                )
+            )
         folders = convert_to_gguf(
             args.src,
             args.out,
-            quants=quants if quants is not None else DEFAULT_QUANTS,
+            # --budget alone makes the mixed GGUF, not the default types too
+            quants=types if quants is not None or mixes else DEFAULT_QUANTS,
+            mixes=mixes,
             imatrix=imatrix,
             outtype=outtype or "f16",
             force=args.force,
@@ -197,9 +262,8 @@ def _list_presets(console) -> int:
         table.add_column(column)
     for name in shipped_presets():
         p = load_preset(name)
-        table.add_row(
-            name, p.device, p.memory, ", ".join(q.lower() for q in p.quants), p.imatrix, p.description
-        )
+        types = [q.lower() for q in p.quants] + [f"mix:{b}" for b in p.budgets]
+        table.add_row(name, p.device, p.memory, ", ".join(types), p.imatrix, p.description)
     console.print(table)
     return 0
 

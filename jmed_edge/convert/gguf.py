@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from jmed_edge.convert.fingerprint import gguf_fingerprint
 from jmed_edge.convert.ggufinfo import KEY_PRE, read_gguf
 from jmed_edge.convert.imatrix import ImatrixData, compute_imatrix, load_imatrix
 from jmed_edge.convert.llamacpp_convert import check_pre_tokenizer, converter_version, run_converter
+from jmed_edge.convert.mix import MixSpec, build_mix
 from jmed_edge.convert.modelfile import record as modelfile_record
 from jmed_edge.convert.modelfile import write_modelfile
 from jmed_edge.convert.naming import ModelName, check_name, metadata_overrides, model_name
@@ -116,10 +118,10 @@ def imatrix_mode_for(imatrix: str | Path | None, q: QuantType) -> str | None:
 
 
 def _imatrix_mode(
-    imatrix: str | Path | None, quants: list[QuantType], progress: Progress
+    imatrix: str | Path | None, quants: list[QuantType], progress: Progress, mixes: Sequence[str] = ()
 ) -> str | Path | None:
     setting = imatrix_setting(imatrix)
-    takers = [q.name for q in quants if q.uses_imatrix]
+    takers = [q.name for q in quants if q.uses_imatrix] + list(mixes)
     if setting == "none":
         needing = [q.name for q in quants if q.imatrix == "required"]
         if needing:
@@ -344,6 +346,67 @@ def _quantize_one(
     return dest
 
 
+def _mix_one(
+    spec: MixSpec,
+    base_dir: Path,
+    dest: Path,
+    source: HFSource,
+    imatrix: _Imatrix | None,
+    model: ModelName,
+    *,
+    force: bool,
+    verify: bool,
+    progress: Progress,
+    texts_by_lang: dict[str, str] | None,
+) -> Path:
+    base = read_manifest(base_dir)
+    assert base is not None
+    with staging_dir(dest, force=force) as tmp:
+        file = tmp / gguf_file_name(spec.label, model)
+        built = build_mix(
+            base_dir / base.details["file"],
+            file,
+            spec,
+            imatrix=imatrix and imatrix.data,
+            cache=base_dir.parent / "mix-sensitivity.json",
+            progress=progress,
+        )
+        details = _details(
+            file,
+            spec.label,
+            imatrix=imatrix and imatrix.record,
+            imatrix_used=imatrix is not None,
+            source=str(source.path),
+            model_name=model.name,
+            modelfile=_modelfile(tmp, file, source, progress),
+            mix=built.record,
+            llama_cpp_warnings=built.warnings[:5],
+        )
+        manifest = Manifest(
+            kind="gguf",
+            format="gguf",
+            name=f"{model.name}-{spec.label}",
+            parent=parent_record(base_dir),
+            config={
+                "quant": spec.label,
+                "imatrix": imatrix and imatrix.record["mode"],
+                "mix": {"budget_bytes": spec.budget, "lang_weights": spec.weights, "bands": spec.bands},
+            },
+            license=base.license,
+            details=details,
+        )
+        _seal_verified(
+            manifest,
+            tmp,
+            lambda: (
+                _verify(tmp, dest, source, progress, reference=base_dir, texts_by_lang=texts_by_lang)
+                if verify
+                else {}
+            ),
+        )
+    return dest
+
+
 def convert_to_gguf(
     src: str | Path,
     out_dir: Path,
@@ -357,6 +420,7 @@ def convert_to_gguf(
     name: str | None = None,
     progress: Progress | None = None,
     texts_by_lang: dict[str, str] | None = None,
+    mixes: Sequence[MixSpec] = (),
 ) -> dict[str, Path]:
     """Convert ``src`` (an HF folder or ``"default"``) to GGUF and quantize it.
 
@@ -381,14 +445,14 @@ def convert_to_gguf(
             f"{other_floats[0].lower()} (the base every quant is made from), not with --quant"
         )
     qtypes = [q for q in parsed if not q.is_float]
-    mode = _imatrix_mode(imatrix, qtypes, progress)
+    mode = _imatrix_mode(imatrix, qtypes, progress, [m.label for m in mixes])
     if isinstance(mode, Path):
         load_imatrix(mode)  # fail before converting when the file is not an imatrix
     model = resolve_name(source, name, progress)
     pre = _pre_tokenizer(pre_tokenizer, source, progress)
     out_dir = Path(out_dir)
     base_dir = out_dir / quant_type(outtype).name
-    targets = {q.name: out_dir / q.name for q in qtypes}
+    targets = {q.name: out_dir / q.name for q in qtypes} | {m.label: out_dir / m.label for m in mixes}
     _refuse_existing([base_dir, *targets.values()], force)
     ensure_free_space(out_dir, estimate_bytes(source, outtype, qtypes), f"converting {source.name} to GGUF")
     done = {
@@ -402,6 +466,19 @@ def convert_to_gguf(
             q,
             base_dir,
             targets[q.name],
+            source,
+            im,
+            model,
+            force=force,
+            verify=verify,
+            progress=progress,
+            texts_by_lang=texts_by_lang,
+        )
+    for spec in mixes:
+        done[spec.label] = _mix_one(
+            spec,
+            base_dir,
+            targets[spec.label],
             source,
             im,
             model,

@@ -39,6 +39,7 @@ class GGUFInfo:
     n_tensors: int
     n_params: int
     tensor_bytes: int
+    tensors: tuple[tuple[str, tuple[int, ...], int], ...] = ()  # (name, dims in ggml order, ggml type id)
 
     @property
     def bits_per_weight(self) -> float:
@@ -162,7 +163,8 @@ def read_gguf(path: Path) -> GGUFInfo:
         end = max(end, data_start + offset + nbytes)
     if end > size:
         raise ArtifactError(f"{path} is truncated ({size} bytes, its tensors need {end}); re-convert it")
-    return GGUFInfo(path, metadata, len(tensors), n_params, n_bytes)
+    table = tuple((name, tuple(dims), ttype) for name, dims, ttype, _ in tensors)
+    return GGUFInfo(path, metadata, len(tensors), n_params, n_bytes, table)
 
 
 def write_vocab_only(src: Path, dst: Path, overrides: dict[str, str]) -> Path:

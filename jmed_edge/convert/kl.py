@@ -57,7 +57,27 @@ def _windows(runtime, text: str, positions: int, window: int) -> list[list[int]]
 
 
 def _logprobs(runtime, windows: list[list[int]]) -> list[np.ndarray]:
-    return [log_softmax(runtime.logits(ids)).astype(np.float32) for ids in windows]
+    return list(_iter_logprobs(runtime, windows))
+
+
+def _iter_logprobs(runtime, windows: list[list[int]]):
+    """One window's log-probs at a time: a candidate's are compared and dropped, not all kept."""
+    for ids in windows:
+        yield log_softmax(runtime.logits(ids)).astype(np.float32)
+
+
+CI_RESAMPLES = 2000
+
+
+def _interval(sums: np.ndarray, counts: np.ndarray) -> list[float]:
+    """95% interval of the mean KL, resampling whole windows (positions within one are correlated)."""
+    if len(sums) < 2:
+        return [float("nan"), float("nan")]
+    rng = np.random.default_rng(0)
+    pick = rng.integers(0, len(sums), size=(CI_RESAMPLES, len(sums)))
+    means = sums[pick].sum(1) / counts[pick].sum(1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return [float(lo), float(hi)]
 
 
 VERIFY_N_CTX = 512  # llama.cpp context for checks: windows and probes are shorter; keeps the KV cache small
@@ -72,13 +92,15 @@ def open_for_checks(artifact: Path, **options: Any):
     return open_runtime(Path(artifact), n_ctx=VERIFY_N_CTX, **options)
 
 
-def _reference(artifact: Path, texts_by_lang: dict[str, str], positions: int, window: int) -> _Reference:
+def _reference(
+    artifact: Path, texts_by_lang: dict[str, str], positions: int, window: int, n_threads: int | None = None
+) -> _Reference:
     path = Path(artifact).resolve()
     stamp = path.stat().st_mtime_ns if path.exists() else 0
     digest = hashlib.sha256(repr(sorted(texts_by_lang.items())).encode()).hexdigest()[:16]
     key = f"{path}:{stamp}:{digest}:{positions}:{window}"
     if key not in _CACHE:
-        runtime = open_for_checks(path)
+        runtime = open_for_checks(path, **({"n_threads": n_threads} if n_threads else {}))
         try:
             windows = {
                 lang: _windows(runtime, text, positions, window) for lang, text in texts_by_lang.items()
@@ -106,9 +128,13 @@ def _stats(ref: list[np.ndarray], cand: list[np.ndarray], windows: list[list[int
     if kl.size == 0:
         return {"positions": 0}
     kl = np.maximum(kl, 0.0)  # rounding can make a KL of ~0 slightly negative
+    sums = np.array([np.maximum(k, 0.0).sum() for k in kls])
+    counts = np.array([k.size for k in kls], dtype=float)
     return {
         "positions": int(kl.size),
         "kl_mean": float(kl.mean()),
+        "kl_ci95": _interval(sums, counts),
+        "_window_kl": (sums, counts),
         "kl_p99": float(np.percentile(kl, 99)),
         "kl_max": float(kl.max()),
         "top1": float(np.concatenate(agree).mean()),
@@ -124,24 +150,32 @@ def kl_against(
     *,
     positions: int = DEFAULT_POSITIONS,
     window: int = DEFAULT_WINDOW,
+    keep_windows: bool = False,
+    n_threads: int | None = None,
 ) -> dict[str, Any]:
     """Per-language KL / top-1 / perplexity of ``candidate`` against ``reference``.
 
     ``texts_by_lang`` defaults to the held-out part of the shipped medical calibration text
     (``probes.held_out_texts()``). Returns ``{lang: {positions, kl_mean, kl_p99, kl_max, top1,
-    ppl_reference, ppl_candidate}, "settings": {...}}``.
+    ppl_reference, ppl_candidate}, "settings": {...}}``; ``kl_ci95`` is a 95% interval
+    of ``kl_mean`` (windows resampled). ``keep_windows`` adds ``_window_kl`` (per-window KL sums
+    and position counts) for paired comparisons. ``n_threads``: llama.cpp threads (default
+    every core).
     """
     if texts_by_lang is None:
         from jmed_edge.convert.probes import held_out_texts
 
         texts_by_lang = held_out_texts()
-    ref = _reference(Path(reference_artifact), texts_by_lang, positions, window)
-    runtime = open_for_checks(Path(candidate_artifact))
+    ref = _reference(Path(reference_artifact), texts_by_lang, positions, window, n_threads)
+    runtime = open_for_checks(Path(candidate_artifact), **({"n_threads": n_threads} if n_threads else {}))
     try:
         result: dict[str, Any] = {
-            lang: _stats(ref.logprobs[lang], _logprobs(runtime, windows), windows)
+            lang: _stats(ref.logprobs[lang], _iter_logprobs(runtime, windows), windows)
             for lang, windows in ref.windows.items()
         }
+        if not keep_windows:
+            for lang in ref.windows:
+                result[lang].pop("_window_kl", None)
     finally:
         runtime.close()
     result["settings"] = {

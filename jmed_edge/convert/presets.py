@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from jmed_edge.convert.quant_types import quant_type
 from jmed_edge.errors import ConfigError, did_you_mean
@@ -26,7 +26,9 @@ class Preset(BaseModel):
     description: str
     device: Literal["cpu", "gpu"]
     memory: str  # RAM (cpu) or VRAM (gpu) the model may use, e.g. "8GB"
-    quants: list[str] = Field(min_length=1)
+    quants: list[str] = []
+    # Sizes of mixed-precision GGUFs (``mix.py``): per-tensor types chosen to fit each, e.g. ["4.5GB"].
+    budgets: list[str] = []
     imatrix: str = "auto"  # auto | none | a file path
     outtype: Literal["f16", "bf16"] = "f16"
 
@@ -37,6 +39,22 @@ class Preset(BaseModel):
             return [quant_type(q).name for q in value]
         except ConfigError as exc:  # as ValueError, pydantic collects it with the other problems
             raise ValueError(str(exc)) from None
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets(cls, value: list[str]) -> list[str]:
+        from jmed_edge.convert.mix import parse_budget
+
+        try:
+            return [str(b) for b in value if parse_budget(str(b))]
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _something_to_make(self) -> Preset:
+        if not self.quants and not self.budgets:
+            raise ValueError("name quants (a list of types) or budgets (a list of sizes), or both")
+        return self
 
     @field_validator("memory")
     @classmethod

@@ -176,3 +176,29 @@ def calibration_corpus() -> tuple[str, dict[str, object]]:
 def held_out_texts() -> dict[str, str]:
     """Per-language held-out medical text for quantization-loss measurements."""
     return {lang: calibration(lang).held_out for lang in CALIBRATION_LANGS}
+
+
+# The first fifth of each language's fit paragraphs is what mixed-precision sensitivities are
+# measured on (``mix_probe``); a mix is judged on the rest. ~3,400 ja and ~1,070 en tokens of the
+# default model's tokenizer, so 4,096+ positions per language are left for judging.
+SENSITIVITY_SHARE = 0.2
+
+
+def _fit_split(lang: str) -> tuple[list[str], list[str]]:
+    parts = _paragraphs(calibration(lang).fit)
+    n = max(1, round(len(parts) * SENSITIVITY_SHARE))
+    return parts[:n], parts[n:]
+
+
+def sensitivity_texts() -> dict[str, str]:
+    """Per-language text per-tensor sensitivities are measured on (never the text results are judged on)."""
+    return {lang: "\n\n".join(_fit_split(lang)[0]) + "\n" for lang in CALIBRATION_LANGS}
+
+
+def judging_texts() -> dict[str, str]:
+    """Per-language text a mix is compared on: the held-out part, then the fit text after the
+    sensitivity part. Only the held-out part is also unseen by the importance matrix."""
+    return {
+        lang: calibration(lang).held_out + "\n" + "\n\n".join(_fit_split(lang)[1]) + "\n"
+        for lang in CALIBRATION_LANGS
+    }

@@ -69,6 +69,22 @@ def _kv_overrides(llama_cpp, data: ImatrixData):
     return array
 
 
+def _tensor_overrides(llama_cpp, text: str):
+    """``tt_overrides`` from ``--tensor-type-file`` text, parsed as ``quantize.cpp`` parses it:
+    whitespace-separated ``pattern=type``, pattern lower-cased, type a ggml type name."""
+    rows = []
+    for item in text.split():
+        pattern, _, type_name = item.partition("=")
+        rows.append((pattern.lower().encode(), getattr(llama_cpp, f"GGML_TYPE_{type_name.upper()}")))
+    array = (llama_cpp.llama_model_tensor_override * (len(rows) + 1))()
+    for i, (pattern, type_id) in enumerate(rows):
+        array[i].pattern = pattern
+        array[i].type = type_id
+    array[len(rows)].pattern = None  # terminator
+    array[len(rows)].type = llama_cpp.GGML_TYPE_COUNT
+    return array, [p for p, _ in rows]
+
+
 def _quantize_here(
     source: Path,
     dest: Path,
@@ -76,6 +92,7 @@ def _quantize_here(
     imatrix: ImatrixData | None,
     threads: int,
     report: Callable[[str], None],
+    tensor_types: str = "",
 ) -> int:
     """Call the quantizer in this process; llama.cpp's log lines go to ``report``."""
     import llama_cpp
@@ -95,6 +112,12 @@ def _quantize_here(
         keep += [array, names, overrides]
         params.imatrix = ctypes.cast(array, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
         params.kv_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_kv_override))
+    if tensor_types.strip():
+        overrides_array, patterns = _tensor_overrides(llama_cpp, tensor_types)
+        keep += [overrides_array, patterns]
+        params.tt_overrides = ctypes.cast(
+            overrides_array, ctypes.POINTER(llama_cpp.llama_model_tensor_override)
+        )
     llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
     try:
         return llama_cpp.llama_model_quantize(str(source).encode(), str(dest).encode(), ctypes.byref(params))
@@ -110,8 +133,12 @@ def quantize_gguf(
     imatrix: ImatrixData | None = None,
     threads: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    tensor_types: Path | None = None,
 ) -> list[str]:
     """Write ``dest`` = ``source`` quantized to ``qtype``; returns llama.cpp's warning lines.
+
+    ``tensor_types``: a file in llama-quantize's ``--tensor-type-file`` format; its per-tensor
+    types override the type's own mix (``tt_overrides``).
 
     Runs in a child process: the quantizer is the first llama.cpp code to read a freshly
     converted GGUF, and a malformed file aborts the process that reads it.
@@ -125,6 +152,7 @@ def quantize_gguf(
         str(qtype.ftype),
         str(imatrix.path) if imatrix else "",
         str(threads or os.cpu_count() or 2),
+        str(tensor_types) if tensor_types else "",
     ]
     lines: list[str] = []
     with subprocess.Popen(
@@ -151,14 +179,15 @@ def quantize_gguf(
 
 
 def _child() -> int:
-    source, dest, ftype, imatrix_path, threads = sys.argv[1:6]
+    source, dest, ftype, imatrix_path, threads, types_path = sys.argv[1:7]
     imatrix = load_imatrix(Path(imatrix_path)) if imatrix_path else None
+    tensor_types = Path(types_path).read_text(encoding="utf-8") if types_path else ""
 
     def report(line: str) -> None:
         sys.stdout.write(line)
         sys.stdout.flush()
 
-    return _quantize_here(Path(source), Path(dest), int(ftype), imatrix, int(threads), report)
+    return _quantize_here(Path(source), Path(dest), int(ftype), imatrix, int(threads), report, tensor_types)
 
 
 if __name__ == "__main__":

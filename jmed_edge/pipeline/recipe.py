@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from jmed_edge.errors import ConfigError, did_you_mean
 
@@ -23,9 +23,22 @@ class _Section(BaseModel):
 
 class GgufSection(_Section):
     enabled: bool = True
+    # llama.cpp types, and "mix:SIZE" for a mixed-precision GGUF fitting SIZE (e.g. mix:5.5GB)
     quants: list[str] = Field(default_factory=lambda: ["q8_0", "q4_k_m"])
     outtype: Literal["f16", "bf16"] = "f16"
     imatrix: str = "auto"  # "auto", "none" or a file: applied to every type that takes one
+
+    @field_validator("quants")
+    @classmethod
+    def _known_quants(cls, value: list[str]) -> list[str]:
+        from jmed_edge.convert.mix import split_mix
+        from jmed_edge.convert.quant_types import parse_quants
+
+        try:
+            parse_quants(split_mix(value)[0])
+        except ConfigError as exc:  # as ValueError, pydantic reports it with the other problems
+            raise ValueError(str(exc)) from None
+        return value
 
 
 class OnnxSection(_Section):

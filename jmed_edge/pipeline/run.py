@@ -92,6 +92,7 @@ def _gguf_fresh(
 ) -> dict[str, Path]:
     """The existing GGUF artifacts when all were made from this merged model with these settings."""
     from jmed_edge.convert.gguf import imatrix_mode_for
+    from jmed_edge.convert.mix import mix_spec, split_mix
     from jmed_edge.convert.quant_types import parse_quants, quant_type
 
     merged_info = _manifest_details(merged)
@@ -101,7 +102,15 @@ def _gguf_fresh(
             or base_info["config"].get("outtype") != outtype:  # fmt: skip
         return {}
     found = {base.name: base}
-    for q in parse_quants(quants):
+    types, budgets = split_mix(quants)
+    for budget in budgets:  # a mix is fresh when made from this base for this budget
+        spec = mix_spec(budget)
+        info = _manifest_details(folder / spec.label)
+        made_for = info and info["config"].get("mix", {}).get("budget_bytes")
+        if not info or info["parent"].get("sha256") != base_info["sha256"] or made_for != spec.budget:
+            return {}
+        found[spec.label] = folder / spec.label
+    for q in parse_quants(types):
         if q.is_float:
             continue
         info = _manifest_details(folder / q.name)
@@ -115,6 +124,7 @@ def _gguf_fresh(
 
 def _convert_gguf(merged: Path, out: Path, sections: PipelineSections, stages: _Stages) -> dict[str, Path]:
     from jmed_edge.convert.gguf import convert_to_gguf
+    from jmed_edge.convert.mix import mix_spec, split_mix
 
     cfg = sections.convert.gguf
     if not cfg.enabled:
@@ -125,8 +135,15 @@ def _convert_gguf(merged: Path, out: Path, sections: PipelineSections, stages: _
         stages.skip("convert gguf", "every GGUF was made from this merged model with these settings")
         return fresh
     started = stages.start("convert gguf")
+    types, budgets = split_mix(cfg.quants)
     made = convert_to_gguf(
-        merged, folder, quants=cfg.quants, imatrix=cfg.imatrix, outtype=cfg.outtype, force=True
+        merged,
+        folder,
+        quants=types,
+        imatrix=cfg.imatrix,
+        outtype=cfg.outtype,
+        force=True,
+        mixes=[mix_spec(b) for b in budgets],
     )
     stages.done("convert gguf", started)
     return made

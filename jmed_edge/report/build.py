@@ -144,6 +144,8 @@ def _format_and_quant(path: str) -> tuple[str, str]:
     details = info.manifest.details if info.manifest else {}
     config = info.manifest.config if info.manifest else {}
     quant = details.get("quant") or details.get("precision") or config.get("dtype") or "-"
+    if details.get("mix") and details.get("bits_per_weight"):  # a budget's name says nothing of its bits
+        quant = f"{quant} ({details['bits_per_weight']:.2f} bpw)"
     return info.format, str(quant)
 
 

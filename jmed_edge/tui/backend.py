@@ -53,6 +53,8 @@ def quant_of(info: ArtifactInfo) -> str:
     details = info.manifest.details if info.manifest else {}
     for key in ("quant", "quant_type", "precision", "outtype", "dtype"):
         value = details.get(key)
+        if value and details.get("mix") and details.get("bits_per_weight"):
+            return f"{str(value).upper()} ({details['bits_per_weight']:.2f} bpw)"  # a budget, not bits
         if value:
             return str(value).upper() if info.format.startswith("gguf") else str(value)
     return "-"
