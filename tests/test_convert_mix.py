@@ -157,6 +157,13 @@ def test_cli_budget_without_unit_is_one_line(run_cli) -> None:
     assert "Traceback" not in out + err
 
 
+@pytest.mark.parametrize("flags", [("--budget", "5.5GB"), ("--quant", "int8,mix:5.5GB")])
+def test_a_budget_for_onnx_is_one_line_naming_gguf(run_cli, tmp_path: Path, flags) -> None:
+    code, out, err = run_cli("convert", "default", "--to", "onnx", *flags, "--out", tmp_path / "o")
+    assert code != 0 and "applies to --to gguf" in out + err and "Traceback" not in out + err
+    assert not (tmp_path / "o").exists()
+
+
 def test_sensitivities_are_saved_for_the_next_budget(mixed: tuple[Path, int]) -> None:
     saved = json.loads((mixed[0].parent / "mix-sensitivity.json").read_text())
     assert saved["probes"] > 1 and saved["increments"]

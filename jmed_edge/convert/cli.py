@@ -156,8 +156,23 @@ def _main(args: argparse.Namespace) -> int:
             "convert needs SRC and --out, e.g.: jmed-edge convert runs/merged --to gguf --out runs/gguf"
         )
     target = TARGETS.get(args.to)
+    if args.to != "gguf":
+        _refuse_gguf_mix(args)
     target(args, console)
     return 0
+
+
+def _refuse_gguf_mix(args: argparse.Namespace) -> None:
+    """A budget (per-tensor llama.cpp types) given to another target: one line, before any work."""
+    from jmed_edge.errors import ConfigError
+
+    mixes = [n for n in (args.quant or "").split(",") if n.strip().lower().startswith("mix:")]
+    given = [flag for flag, value in (("--budget", args.budget), ("--budget-ram", args.budget_ram)) if value]
+    if given or mixes:
+        raise ConfigError(
+            f"{(given or mixes)[0]} chooses llama.cpp types per tensor and applies to --to gguf; "
+            f"for --to {args.to} pick a precision with --quant (e.g. --quant int8,int4)"
+        )
 
 
 def to_gguf(args: argparse.Namespace, console) -> dict[str, Path]:
