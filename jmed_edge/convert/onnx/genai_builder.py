@@ -36,6 +36,9 @@ SUPPORTED_ARCHITECTURES = (
     "NemotronForCausalLM", "OlmoForCausalLM", "PhiForCausalLM", "Phi3ForCausalLM", "Phi3SmallForCausalLM",
     "PhiMoEForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "SmolLM3ForCausalLM",
 )  # fmt: skip
+# safetensors dtypes of the checkpoints exported here: the builder reads them through transformers
+# and casts each weight to the export's precision (quantized and fp8 checkpoints take other paths).
+FLOAT_DTYPES = ("BF16", "F16", "F32")
 _MARKER = re.compile(r"^@@jmed (start|done|fail) (\S+) ?(.*)$")
 _LAYER = re.compile(r"^Reading layer (\d+)")
 
@@ -73,12 +76,20 @@ class GenAIBuilderExporter:
             ) from None
 
     def source_problems(self, source: SourceModel) -> list[str]:
+        problems = []
         if source.architecture not in SUPPORTED_ARCHITECTURES:
-            return [
+            problems.append(
                 f"architecture {source.architecture or '(none in config.json)'} is not supported by the "
                 f"onnxruntime-genai builder; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
-            ]
-        return []
+            )
+        other = [d for d in source.dtypes if d not in FLOAT_DTYPES]
+        if other or source.config.get("quantization_config"):
+            problems.append(
+                f"its weights are stored as {', '.join(other) or 'a quantized checkpoint (quantization_config)'}; "
+                f"the onnxruntime-genai builder exports {', '.join(FLOAT_DTYPES)} checkpoints: export from the "
+                "unquantized model (e.g. the merged bf16 folder)"
+            )
+        return problems
 
     def build(
         self,
