@@ -41,6 +41,9 @@ SUPPORTED_ARCHITECTURES = (
 FLOAT_DTYPES = ("BF16", "F16", "F32")
 _MARKER = re.compile(r"^@@jmed (start|done|fail) (\S+) ?(.*)$")
 _LAYER = re.compile(r"^Reading layer (\d+)")
+# onnx_ir's save callback through the builder's tqdm: "Saving NAME (f32, [..]): 12%|..| 40/318 [...".
+# int8/int4 weights are quantized during this write, so it is most of a large export's time.
+_WRITING = re.compile(r"^Saving (?!ONNX).*\|\s*(\d+)/(\d+) \[")
 
 
 def builder_extra_options(options: OnnxOptions, precision: str) -> list[str]:
@@ -170,6 +173,9 @@ class GenAIBuilderExporter:
                     bar.advance(tasks[current])
                 elif line.startswith("Saving ONNX model"):
                     bar.update(tasks[current], completed=steps - 1, description=f"onnx-{current} saving")
+                elif writing := _WRITING.match(line):
+                    done, total = writing.groups()
+                    bar.update(tasks[current], description=f"onnx-{current} writing {done}/{total} tensors")
         return current
 
     @staticmethod
