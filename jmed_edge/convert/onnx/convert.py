@@ -98,7 +98,7 @@ def estimate_peak_ram(source: SourceModel, precision: str, options: OnnxOptions)
     if precision in QUANTIZED and streams_quantization(options, precision):
         # Python + torch + onnxruntime, then the largest float tensor (an embedding table kept in
         # fp32, or the lm_head being quantized) twice: once cast, once while written. Measured
-        # 7B shape int4 4.75 GB (this bound 5.0 GB), int8 3.73 GB; 0.5B shape int4 0.84 GB,
+        # 7B shape int4 and int8 3.73 GB (this bound 5.0 GB); 0.5B shape int4 0.84 GB,
         # int8 1.22 GB (bound 1.7 GB).
         return RUNTIME_BYTES + 2 * largest_fp32
     if precision in QUANTIZED:
