@@ -189,6 +189,27 @@ def test_a_quantized_checkpoint_is_refused_naming_its_dtype(tiny_llama: Path, tm
     assert _no_artifacts(tmp_path / "out")
 
 
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads /proc/self/smaps (Linux)")
+def test_mapped_checkpoint_pages_are_given_back_and_read_again_unchanged(tmp_path: Path) -> None:
+    import numpy as np
+
+    from jmed_edge.convert.onnx.mapped_pages import mapped_files, release_mapped_files
+
+    path = tmp_path / "w.safetensors"  # written just now: its pages are still dirty in the page cache
+    np.arange(8_000_000, dtype=np.float32).tofile(path)
+    weights = np.memmap(path, dtype=np.float32, mode="r")
+    expected = float(weights.sum(dtype=np.float64))  # reads every page: ~32 MB resident
+
+    def resident() -> int:
+        return sum(rss for _, _, name, rss, _ in mapped_files() if name == str(path))
+
+    assert resident() >= 30_000_000
+    assert release_mapped_files() >= 30_000_000
+    assert resident() < 1_000_000
+    assert float(weights.sum(dtype=np.float64)) == expected  # faulted in again from the file
+    del weights
+
+
 def test_cli_entry_prints_one_line(tmp_path: Path, capsys) -> None:
     from jmed_edge.convert.onnx.__main__ import main
 

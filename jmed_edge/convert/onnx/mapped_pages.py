@@ -6,8 +6,11 @@ closed, which happens only when the last tensor of that shard is freed. An expor
 weight once (to quantize or write it) therefore ends up with the whole checkpoint resident.
 ``madvise(MADV_DONTNEED)`` on a clean, file-backed mapping drops those pages from the process;
 a later read faults them in again from the file (or the page cache), so no data can be lost.
-Mappings with private dirty pages (a weight written in place after loading) are never touched:
-dropping those would revert the write. Linux only; elsewhere this is a no-op.
+Mappings holding anonymous pages (private copies made when a weight was written in place after
+loading) are never touched: dropping those would revert the write. Dirty *file* pages (a
+checkpoint written moments ago, not yet flushed) stay in the page cache and are safe to drop;
+judging by "Private_Dirty" instead skipped them, and an export right after the model was saved
+peaked at 1.79 GB instead of 0.84 GB (0.5B shape, int4). Linux only; elsewhere a no-op.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ def _madvise():
 
 
 def mapped_files(suffix: str = ".safetensors") -> list[tuple[int, int, str, int, int]]:
-    """(start, end, path, resident bytes, private dirty bytes) of this process's mappings of
+    """(start, end, path, resident bytes, anonymous bytes) of this process's mappings of
     files whose name ends with ``suffix``, read from ``/proc/self/smaps``."""
     found: list[tuple[int, int, str, int, int]] = []
     current: list | None = None
@@ -48,7 +51,7 @@ def mapped_files(suffix: str = ".safetensors") -> list[tuple[int, int, str, int,
                 if path.endswith(suffix):
                     start, end = (int(x, 16) for x in head[0].split("-"))
                     current = [start, end, path, 0, 0]
-            elif current is not None and head[0] in ("Rss:", "Private_Dirty:"):
+            elif current is not None and head[0] in ("Rss:", "Anonymous:"):
                 current[3 if head[0] == "Rss:" else 4] = int(head[1]) * 1024
     if current is not None:
         found.append(tuple(current))  # type: ignore[arg-type]
@@ -60,11 +63,11 @@ def release_mapped_files(suffix: str = ".safetensors") -> int:
     if not sys.platform.startswith("linux"):
         return 0
     dropped = 0
-    for start, end, path, rss, dirty in mapped_files(suffix):
+    for start, end, path, rss, anonymous in mapped_files(suffix):
         if rss == 0:
             continue
-        if dirty:
-            log.debug("keeping %s resident: %d bytes of it were written after loading", path, dirty)
+        if anonymous:
+            log.debug("keeping %s resident: %d bytes of it were written after loading", path, anonymous)
             continue
         if _madvise()(start, end - start, _MADV_DONTNEED) == 0:
             dropped += rss
