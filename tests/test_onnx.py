@@ -154,6 +154,62 @@ def test_disk_full_is_refused_before_building(tiny_llama: Path, tmp_path: Path, 
     assert _no_artifacts(tmp_path / "out")
 
 
+def test_too_little_ram_is_refused_before_building_with_the_figures(
+    tiny_llama: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from jmed_edge.convert.onnx.convert import estimate_peak_ram
+    from jmed_edge.convert.onnx.source import load_source
+
+    monkeypatch.setenv("JMED_EDGE_RAM_BUDGET", "100MB")
+    with pytest.raises(DependencyError) as err:
+        convert_to_onnx(tiny_llama, tmp_path / "out", ("int4",), progress=False)
+    message = str(err.value)
+    assert "\n" not in message and "ONNX export (int4)" in message
+    assert "needs about" in message and "only 100.0 MB is JMED_EDGE_RAM_BUDGET=100MB" in message
+    assert _no_artifacts(tmp_path / "out")
+    source = load_source(tiny_llama)
+    # the builder's own whole-graph quantization (k_quant) is budgeted at its measured 5.6x
+    streamed = estimate_peak_ram(source, "int4", OnnxOptions())
+    assert estimate_peak_ram(source, "int4", OnnxOptions(algorithm="k_quant")) > streamed
+
+
+def test_a_quantized_checkpoint_is_refused_naming_its_dtype(tiny_llama: Path, tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    src = tmp_path / "int8-weights"
+    shutil.copytree(tiny_llama, src)
+    for path in src.glob("*.safetensors"):
+        tensors = load_file(path)
+        save_file({k: v.to(torch.int8) if v.dim() == 2 else v for k, v in tensors.items()}, path,
+                  metadata={"format": "pt"})  # fmt: skip
+    with pytest.raises(ModelError) as err:
+        convert_to_onnx(src, tmp_path / "out", progress=False)
+    assert "stored as I8" in str(err.value) and "BF16, F16, F32" in str(err.value)
+    assert _no_artifacts(tmp_path / "out")
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads /proc/self/smaps (Linux)")
+def test_mapped_checkpoint_pages_are_given_back_and_read_again_unchanged(tmp_path: Path) -> None:
+    import numpy as np
+
+    from jmed_edge.convert.onnx.mapped_pages import mapped_files, release_mapped_files
+
+    path = tmp_path / "w.safetensors"  # written just now: its pages are still dirty in the page cache
+    np.arange(8_000_000, dtype=np.float32).tofile(path)
+    weights = np.memmap(path, dtype=np.float32, mode="r")
+    expected = float(weights.sum(dtype=np.float64))  # reads every page: ~32 MB resident
+
+    def resident() -> int:
+        return sum(rss for _, _, name, rss, _ in mapped_files() if name == str(path))
+
+    assert resident() >= 30_000_000
+    assert release_mapped_files() >= 30_000_000
+    assert resident() < 1_000_000
+    assert float(weights.sum(dtype=np.float64)) == expected  # faulted in again from the file
+    del weights
+
+
 def test_cli_entry_prints_one_line(tmp_path: Path, capsys) -> None:
     from jmed_edge.convert.onnx.__main__ import main
 

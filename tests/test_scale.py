@@ -56,3 +56,18 @@ def test_the_scale_benchmark_runs_its_gguf_stages_at_the_smallest_shape(tmp_path
     assert q8["artifact_deleted"] and q8["artifact_bytes"] > 0  # --save-disk: measured, then removed
     assert not (tmp_path / "runs/135m/gguf/Q8_0").exists() and (tmp_path / "runs/135m/merged").is_symlink()
     assert list((tmp_path / "runs/135m/gguf/Q4_K_M").glob("*-Q4_K_M.gguf"))
+
+
+@pytest.mark.parametrize("precision", ["int4", "int8"])
+def test_onnx_export_peak_rss_is_at_most_1_5x_the_model(shape_05b, tmp_path, precision):
+    model, _, model_bytes = shape_05b
+    cmd = [sys.executable, "-m", "jmed_edge", "convert", str(model), "--to", "onnx", "--quant", precision,
+           "--out", str(tmp_path), "--no-verify"]  # fmt: skip
+    _, tree, hwm = _scale().measure(cmd, tmp_path / "onnx.log")
+    ratio = max(tree, hwm) / model_bytes
+    manifest = read_manifest(tmp_path / f"onnx-{precision}")
+    assert manifest.details["precision"] == precision and manifest.details["size_bytes"] > 0
+    # Measured (0.5B shape, 2-core CPU, whole process tree): int4 0.85x, int8 1.24x (the int8
+    # folder keeps the 151,936 x 896 embedding table in fp32). The builder's own whole-graph
+    # quantization step took the same exports to 4.7x and 5.6x.
+    assert ratio <= 1.5, f"onnx {precision} peak {max(tree, hwm) / 1e9:.2f} GB = {ratio:.2f}x the model"

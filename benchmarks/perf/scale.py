@@ -17,6 +17,9 @@ shapes), then every stage runs in a fresh process, measured from outside:
   kl           ``jmed-edge verify Q4_K_M`` (KL, top-1, perplexity against the F16 GGUF)
   bench_gguf   ``jmed-edge bench Q4_K_M -b jmed-sample --limit 20`` (llama.cpp)
   bench_hf     the same 20 questions on the merged HF model (torch)
+  onnx_int4, onnx_int8   ``jmed-edge convert MODEL --to onnx --quant int4|int8 --no-verify`` from the
+               bf16 model (onnxruntime-genai's builder, weights quantized one at a time while written)
+  bench_onnx   the same 20 questions on the onnx-int4 folder (onnxruntime-genai)
 
 Peak RSS: the process tree's summed RSS sampled every 50 ms, or the largest single process's
 VmHWM (the kernel's exact peak) when that is higher. Writes OUT/scale.json (``stages[]`` with
@@ -40,10 +43,12 @@ from pathlib import Path
 import psutil
 
 STAGES = ("train", "merge", "convert_f16", "imatrix", "quantize_q8_0", "quantize_q4_k_m", "verify", "kl",
-          "bench_gguf", "bench_hf")  # fmt: skip
+          "bench_gguf", "bench_hf", "onnx_int4", "onnx_int8", "bench_onnx")  # fmt: skip
 # Goals from issue #15: peak RSS as a multiple of what (model_bytes, the F16 file, the GGUF benched).
 GOALS = {"merge": (1.3, "model"), "convert_f16": (1.2, "model"), "quantize_q8_0": (1.1, "f16"),
-         "quantize_q4_k_m": (1.1, "f16"), "verify": (1.3, "model"), "bench_gguf": (1.2, "gguf")}  # fmt: skip
+         "quantize_q4_k_m": (1.1, "f16"), "verify": (1.3, "model"), "bench_gguf": (1.2, "gguf"),
+         # issue #21: ONNX export from the bf16 model, and bench on the int4 folder it wrote
+         "onnx_int4": (1.5, "model"), "onnx_int8": (1.5, "model"), "bench_onnx": (1.2, "onnx")}  # fmt: skip
 PY = sys.executable
 
 
@@ -178,6 +183,12 @@ def commands(stage: str, model: Path, work: Path) -> list[str]:
                        str(bench / "gguf"), "--force", "--no-probe"],
         "bench_hf": [*jm, "bench", str(merged), "-b", "jmed-sample", "--limit", "20", "--out", str(bench / "hf"),
                      "--force", "--no-probe", "--batch-size", "1"],
+        "onnx_int4": [*jm, "convert", str(model), "--to", "onnx", "--quant", "int4", "--out", str(work / "onnx"),
+                      "--force", "--no-verify"],
+        "onnx_int8": [*jm, "convert", str(model), "--to", "onnx", "--quant", "int8", "--out", str(work / "onnx"),
+                      "--force", "--no-verify"],
+        "bench_onnx": [*jm, "bench", str(work / "onnx" / "onnx-int4"), "-b", "jmed-sample", "--limit", "20",
+                       "--out", str(bench / "onnx"), "--force", "--no-probe"],
     }  # fmt: skip
     if stage in table:
         return table[stage]
@@ -198,6 +209,7 @@ def _ratio(
         "model": model_bytes,
         "f16": _gguf_bytes(work, "F16"),
         "gguf": _gguf_bytes(work, "Q4_K_M"),
+        "onnx": sum(p.stat().st_size for p in (work / "onnx" / "onnx-int4").glob("model.onnx*")),
     }[of]
     return (peak / denominator if denominator else None), of, goal
 

@@ -21,6 +21,11 @@ def main(job_file: str) -> int:
         job = json.load(fh)
     import onnxruntime_genai.models.builder as builder  # the package puts builder's folder on sys.path
 
+    if job.get("streaming", True):
+        from jmed_edge.convert.onnx import streaming
+
+        streaming.install(builder.Model)
+
     failed = 0
     for item in job["jobs"]:
         precision = item["precision"]

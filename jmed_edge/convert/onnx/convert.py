@@ -29,6 +29,7 @@ from jmed_edge.convert.onnx.source import TOKENIZER_FILES, SourceModel, load_sou
 from jmed_edge.errors import ArtifactError, JmedError, ModelError
 from jmed_edge.fsutil import dir_size, ensure_free_space, human_bytes, staging_dir
 from jmed_edge.manifest import Manifest, check_files, parent_record, read_manifest
+from jmed_edge.memory import RUNTIME_BYTES, ensure_ram
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,31 @@ def estimate_bytes(source: SourceModel, precision: str, options: OnnxOptions) ->
     heads = 1 if source.tied and options.lm_head != "fp32" else 2
     body = max(source.n_params - embeddings * (1 if source.tied else 2), 0)
     return int(body * per_param + heads * embeddings * 4)
+
+
+def streams_quantization(options: OnnxOptions, precision: str) -> bool:
+    """Whether the builder's int8/int4 weights go through ``streaming`` (weight by weight) rather
+    than its own whole-graph step (the other algorithms and a differently quantized lm_head)."""
+    mixed = options.lm_head in QUANTIZED and options.lm_head != precision  # matmul_mixed_precision
+    raw = {k.lower() for k in options.builder_options} & {"use_qdq", "matmul_mixed_precision", "algo_config"}
+    return options.algorithm == "default" and not mixed and not raw
+
+
+def estimate_peak_ram(source: SourceModel, precision: str, options: OnnxOptions) -> int:
+    """Peak RAM of the builder process exporting ``source`` at ``precision``, from the measured
+    ratios (benchmarks/perf/scale.py, bf16 random models of real shapes, 2-core CPU)."""
+    largest_fp32 = 4 * source.largest
+    if precision in QUANTIZED and streams_quantization(options, precision):
+        # Python + torch + onnxruntime, then the largest float tensor (an embedding table kept in
+        # fp32, or the lm_head being quantized) twice: once cast, once while written. Measured
+        # 7B shape int4 and int8 3.73 GB (this bound 5.0 GB); 0.5B shape int4 0.84 GB,
+        # int8 1.22 GB (bound 1.7 GB).
+        return RUNTIME_BYTES + 2 * largest_fp32
+    if precision in QUANTIZED:
+        # The builder's whole-graph step: 4.7x (int4) and 5.6x (int8) the bf16 model at 0.5B.
+        return RUNTIME_BYTES + int(5.6 * source.weight_bytes)
+    # fp32/fp16: each weight read once through the mapped checkpoint, which stays resident.
+    return RUNTIME_BYTES + source.weight_bytes + 2 * largest_fp32
 
 
 def _up_to_date(dest: Path, fingerprint: str) -> Manifest | None:
@@ -168,7 +194,13 @@ def convert_to_onnx(
         return results
     out_dir.mkdir(parents=True, exist_ok=True)
     needed = sum(estimate_bytes(source, p, opts) for p, _, _ in pending)
-    ensure_free_space(out_dir, needed, f"ONNX export ({', '.join(p for p, _, _ in pending)})")
+    what = f"ONNX export ({', '.join(p for p, _, _ in pending)})"
+    ensure_free_space(out_dir, needed, what)
+    ensure_ram(
+        max(estimate_peak_ram(source, p, opts) for p, _, _ in pending),
+        f"{what} of {human_bytes(source.weight_bytes)} of weights",
+        "close other programs, or export on a machine with more RAM",
+    )
     workdir = Path(tempfile.mkdtemp(prefix=".onnx-build.partial-", dir=out_dir))
     errors: list[JmedError] = []
     try:

@@ -36,8 +36,14 @@ SUPPORTED_ARCHITECTURES = (
     "NemotronForCausalLM", "OlmoForCausalLM", "PhiForCausalLM", "Phi3ForCausalLM", "Phi3SmallForCausalLM",
     "PhiMoEForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "SmolLM3ForCausalLM",
 )  # fmt: skip
+# safetensors dtypes of the checkpoints exported here: the builder reads them through transformers
+# and casts each weight to the export's precision (quantized and fp8 checkpoints take other paths).
+FLOAT_DTYPES = ("BF16", "F16", "F32")
 _MARKER = re.compile(r"^@@jmed (start|done|fail) (\S+) ?(.*)$")
 _LAYER = re.compile(r"^Reading layer (\d+)")
+# onnx_ir's save callback through the builder's tqdm: "Saving NAME (f32, [..]): 12%|..| 40/318 [...".
+# int8/int4 weights are quantized during this write, so it is most of a large export's time.
+_WRITING = re.compile(r"^Saving (?!ONNX).*\|\s*(\d+)/(\d+) \[")
 
 
 def builder_extra_options(options: OnnxOptions, precision: str) -> list[str]:
@@ -73,12 +79,20 @@ class GenAIBuilderExporter:
             ) from None
 
     def source_problems(self, source: SourceModel) -> list[str]:
+        problems = []
         if source.architecture not in SUPPORTED_ARCHITECTURES:
-            return [
+            problems.append(
                 f"architecture {source.architecture or '(none in config.json)'} is not supported by the "
                 f"onnxruntime-genai builder; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
-            ]
-        return []
+            )
+        other = [d for d in source.dtypes if d not in FLOAT_DTYPES]
+        if other or source.config.get("quantization_config"):
+            problems.append(
+                f"its weights are stored as {', '.join(other) or 'a quantized checkpoint (quantization_config)'}; "
+                f"the onnxruntime-genai builder exports {', '.join(FLOAT_DTYPES)} checkpoints: export from the "
+                "unquantized model (e.g. the merged bf16 folder)"
+            )
+        return problems
 
     def build(
         self,
@@ -103,6 +117,12 @@ class GenAIBuilderExporter:
                 job.options, job.precision
             )
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+        # glibc raises its mmap threshold after the first large free, so the quantizer's
+        # per-slice buffers then come from the heap, whose freed holes are never returned:
+        # the resident set grew by ~50 MB per layer. A fixed 1 MiB threshold gives every
+        # large buffer back when freed: int4 at the 0.5B shape peaked at 1.77 GB without
+        # it and 1.01 GB with it. Other C libraries ignore the variable.
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1024**2))
         steps = source.num_layers + 4  # embeddings, layers, final norm, lm head, save
         command = [sys.executable, "-m", self.worker, str(job_file)]
         log.info("running the onnxruntime-genai builder: %s", " ".join(command))
@@ -153,6 +173,9 @@ class GenAIBuilderExporter:
                     bar.advance(tasks[current])
                 elif line.startswith("Saving ONNX model"):
                     bar.update(tasks[current], completed=steps - 1, description=f"onnx-{current} saving")
+                elif writing := _WRITING.match(line):
+                    done, total = writing.groups()
+                    bar.update(tasks[current], description=f"onnx-{current} writing {done}/{total} tensors")
         return current
 
     @staticmethod

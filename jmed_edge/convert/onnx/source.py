@@ -31,6 +31,8 @@ class SourceModel:
     config: dict[str, Any]
     n_params: int
     weight_bytes: int
+    largest: int = 0  # elements of the largest tensor (an embedding table or lm_head)
+    dtypes: tuple[str, ...] = ()  # safetensors dtypes of the tensors with two or more dimensions
 
     @property
     def architecture(self) -> str:
@@ -90,7 +92,15 @@ def _safetensors_header(path: Path) -> dict[str, Any]:
 
 def count_parameters(folder: Path) -> tuple[int, int]:
     """(parameters, bytes on disk) of the folder's safetensors weights, from headers only."""
-    n_params = n_bytes = 0
+    stats = weight_stats(folder)
+    return stats[0], stats[1]
+
+
+def weight_stats(folder: Path) -> tuple[int, int, int, tuple[str, ...]]:
+    """(parameters, bytes on disk, elements of the largest tensor, dtypes of the matrices) of the
+    folder's safetensors weights, from headers only."""
+    n_params = n_bytes = largest = 0
+    dtypes: set[str] = set()
     for path in sorted(folder.glob("*.safetensors")):
         for name, entry in _safetensors_header(path).items():
             if name == "__metadata__":
@@ -98,7 +108,10 @@ def count_parameters(folder: Path) -> tuple[int, int]:
             numel = prod(entry["shape"])
             n_params += numel
             n_bytes += numel * _DTYPE_BYTES.get(entry["dtype"], 4)
-    return n_params, n_bytes
+            largest = max(largest, numel)
+            if len(entry["shape"]) >= 2:
+                dtypes.add(entry["dtype"])
+    return n_params, n_bytes, largest, tuple(sorted(dtypes))
 
 
 def load_source(src: Path | str) -> SourceModel:
@@ -116,9 +129,9 @@ def load_source(src: Path | str) -> SourceModel:
             f"{folder} has no {', '.join(missing)}: the tokenizer files are missing; copy them from the "
             "base model (an ONNX model needs its tokenizer beside it)"
         )
-    n_params, n_bytes = count_parameters(folder)
+    n_params, n_bytes, largest, dtypes = weight_stats(folder)
     if n_params == 0:
         raise ModelError(
             f"{folder} has no *.safetensors weights; save the model with safe_serialization=True"
         )
-    return SourceModel(folder, config, n_params, n_bytes)
+    return SourceModel(folder, config, n_params, n_bytes, largest, dtypes)
