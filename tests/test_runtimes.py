@@ -228,3 +228,21 @@ def test_peft_adapter_loads_base_plus_adapter(tiny_llama: Path, tmp_path: Path) 
     assert with_lora.shape == without.shape
     assert float(np.abs(with_lora - without).max()) > 1e-3  # the adapter is applied
     assert adapter.tokenize("Aspirin 100 mg", add_special=True) == ids
+
+
+def test_a_quantized_gguf_on_cpu_is_read_not_mapped(default_gguf: Path, default_f16: Path) -> None:
+    """llama.cpp repacks quantized weights for the CPU; a mapped file would stay resident beside
+    that copy (a 7B Q4_K_M: 7.69 GB RSS mapped, 4.69 GB read). Floats stay mapped (shared, no copy)."""
+    from jmed_edge.runtimes.llamacpp import _mmap_pays
+
+    f16 = next(Path(default_f16).glob("*.gguf"))
+    assert _mmap_pays(default_gguf, 0) is False and _mmap_pays(f16, 0) is True
+    assert _mmap_pays(default_gguf, -1) is True  # offloaded layers live on the GPU
+    rt = open_runtime(default_gguf, n_threads=1, n_ctx=512)
+    try:
+        import llama_cpp
+
+        assert rt.use_mmap is False and rt.llm.model_params.load_mode == llama_cpp.LLAMA_LOAD_MODE_NONE
+        assert rt.tokenize("hello")  # loads and runs from the copy read into memory
+    finally:
+        rt.close()

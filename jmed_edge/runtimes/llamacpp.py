@@ -93,6 +93,7 @@ class LlamaCppRuntime:
         base: Path | str | None = None,
         seed: int = 0,
         verbose: bool = False,
+        use_mmap: bool | str = "auto",
         **unused: Any,
     ) -> None:
         try:
@@ -122,6 +123,9 @@ class LlamaCppRuntime:
             # llama.cpp rounds the context up to a multiple of 256 but llama-cpp-python sizes its
             # token buffer to the number asked for: ask for the rounded size so both agree.
             ctx = -(-(n_ctx or _default_ctx(self.model_path)) // 256) * 256
+            if use_mmap == "auto":
+                use_mmap = _mmap_pays(self.model_path, int(n_gpu_layers))
+            self.use_mmap = bool(use_mmap)
             self.llm = llama_cpp.Llama(
                 model_path=str(model_path),
                 n_ctx=ctx,
@@ -131,6 +135,7 @@ class LlamaCppRuntime:
                 n_gpu_layers=int(n_gpu_layers),
                 lora_path=str(lora_path) if lora_path else None,
                 lora_scale=lora_scale,
+                use_mmap=self.use_mmap,
                 logits_all=False,  # logits are read per decode call below, only where needed
                 seed=seed,
                 verbose=verbose,
@@ -439,6 +444,27 @@ class LlamaCppRuntime:
         if llm is not None:
             llm.close()
             self.llm = None  # type: ignore[assignment]
+
+
+def _mmap_pays(model_path: Path, n_gpu_layers: int) -> bool:
+    """Whether to map the GGUF rather than read it into memory.
+
+    On a CPU, llama.cpp repacks quantized weights (Q4_0, Q4_K, Q5_K, Q6_K, Q2_K, Q8_0, IQ4_NL:
+    ``ggml-cpu/repack.cpp``) into an interleaved copy for its matmul kernels. With the file mapped,
+    the pages it read stay resident beside that copy: a 7B Q4_K_M (4.68 GB) measured 7.69 GB RSS
+    (3.14 GB repacked + 4.55 GB mapped) against 4.69 GB read without mmap, the same speed. A float
+    file (F16/BF16/F32) is not repacked and a mapped one is shared and loads at once; offloaded
+    layers live on the GPU, so mapping is kept there too."""
+    if n_gpu_layers != 0:
+        return True
+    from jmed_edge.convert.checks import FLOAT_FILE_TYPES
+    from jmed_edge.convert.ggufinfo import KEY_FILE_TYPE, read_gguf
+
+    try:
+        file_type = read_gguf(model_path).metadata.get(KEY_FILE_TYPE)
+    except ArtifactError:  # llama.cpp itself says what is wrong with the file
+        return True
+    return file_type in FLOAT_FILE_TYPES
 
 
 def _default_ctx(model_path: Path) -> int:
