@@ -247,6 +247,7 @@ def run(
     results_file = out / "scale.json"
     old = json.loads(results_file.read_text())["stages"] if results_file.exists() else []
     rows = [r for r in old if (r["size"], r["stage"]) not in {(s, t) for s in sizes for t in stages}]
+    measured: list[dict] = []  # this run's rows: only these are written over the file's
     for size in sizes:
         model = out / "models" / size
         if not (model / "config.json").is_file():
@@ -278,9 +279,10 @@ def run(
             if save_disk:
                 row |= _save_disk(stage, model, work)
             rows.append(row)
+            measured.append(row)
             print(f"[{size}] {stage}: {seconds:.1f} s, peak {peak / 1e9:.2f} GB"
                   + ("" if ratio is None else f" = {ratio:.2f}x {of} (goal {goal}x)"), flush=True)  # fmt: skip
-            _write(results_file, rows)
+            _write(results_file, measured)
     return rows
 
 
