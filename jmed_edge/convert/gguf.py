@@ -325,25 +325,40 @@ def _quantize_one(
         progress.finish(
             f"{q.name}: {file.name}, {human_bytes(details['size_bytes'])}, {details['bits_per_weight']} bits/weight"
         )
-        manifest = Manifest(
-            kind="gguf",
-            format="gguf",
-            name=f"{model.name}-{q.name}",
-            parent=parent_record(base_dir),
-            config={"quant": q.name, "imatrix": used and used.record["mode"]},
-            license=base.license,
-            details=details,
-        )
-        _seal_verified(
-            manifest,
-            tmp,
-            lambda: (
-                _verify(tmp, dest, source, progress, reference=base_dir, texts_by_lang=texts_by_lang)
-                if verify
-                else {}
-            ),
-        )
+        config = {"quant": q.name, "imatrix": used and used.record["mode"]}
+        _seal_quantized(tmp, dest, base_dir, source, f"{model.name}-{q.name}", config, details,
+                        verify=verify, progress=progress, texts_by_lang=texts_by_lang)  # fmt: skip
     return dest
+
+
+def _seal_quantized(
+    tmp: Path,
+    dest: Path,
+    base_dir: Path,
+    source: HFSource,
+    name: str,
+    config: dict,
+    details: dict,
+    *,
+    verify: bool,
+    progress: Progress,
+    texts_by_lang: dict[str, str] | None,
+) -> None:
+    """The manifest of a type made from the F16 in ``base_dir`` (uniform or mixed), checked
+    against it (KL) when ``verify``, written into ``tmp`` before it becomes ``dest``."""
+    base = read_manifest(base_dir)
+    assert base is not None
+    manifest = Manifest(kind="gguf", format="gguf", name=name, parent=parent_record(base_dir),
+                        config=config, license=base.license, details=details)  # fmt: skip
+    _seal_verified(
+        manifest,
+        tmp,
+        lambda: (
+            _verify(tmp, dest, source, progress, reference=base_dir, texts_by_lang=texts_by_lang)
+            if verify
+            else {}
+        ),
+    )
 
 
 def _mix_one(
@@ -382,28 +397,13 @@ def _mix_one(
             mix=built.record,
             llama_cpp_warnings=built.warnings[:5],
         )
-        manifest = Manifest(
-            kind="gguf",
-            format="gguf",
-            name=f"{model.name}-{spec.label}",
-            parent=parent_record(base_dir),
-            config={
-                "quant": spec.label,
-                "imatrix": imatrix and imatrix.record["mode"],
-                "mix": {"budget_bytes": spec.budget, "lang_weights": spec.weights, "bands": spec.bands},
-            },
-            license=base.license,
-            details=details,
-        )
-        _seal_verified(
-            manifest,
-            tmp,
-            lambda: (
-                _verify(tmp, dest, source, progress, reference=base_dir, texts_by_lang=texts_by_lang)
-                if verify
-                else {}
-            ),
-        )
+        config = {
+            "quant": spec.label,
+            "imatrix": imatrix and imatrix.record["mode"],
+            "mix": {"budget_bytes": spec.budget, "lang_weights": spec.weights, "bands": spec.bands},
+        }
+        _seal_quantized(tmp, dest, base_dir, source, f"{model.name}-{spec.label}", config, details,
+                        verify=verify, progress=progress, texts_by_lang=texts_by_lang)  # fmt: skip
     return dest
 
 
