@@ -233,11 +233,12 @@ def test_peft_adapter_loads_base_plus_adapter(tiny_llama: Path, tmp_path: Path) 
 def test_a_quantized_gguf_on_cpu_is_read_not_mapped(default_gguf: Path, default_f16: Path) -> None:
     """llama.cpp repacks quantized weights for the CPU; a mapped file would stay resident beside
     that copy (a 7B Q4_K_M: 7.69 GB RSS mapped, 4.69 GB read). Floats stay mapped (shared, no copy)."""
-    from jmed_edge.runtimes.llamacpp import _mmap_pays
+    from jmed_edge.runtimes.llamacpp import _header, _mmap_pays
 
     f16 = next(Path(default_f16).glob("*.gguf"))
-    assert _mmap_pays(default_gguf, 0) is False and _mmap_pays(f16, 0) is True
-    assert _mmap_pays(default_gguf, -1) is True  # offloaded layers live on the GPU
+    quantized, floats = _header(default_gguf), _header(f16)
+    assert _mmap_pays(quantized, 0) is False and _mmap_pays(floats, 0) is True
+    assert _mmap_pays(quantized, -1) is True  # offloaded layers live on the GPU
     rt = open_runtime(default_gguf, n_threads=1, n_ctx=512)
     try:
         import llama_cpp

@@ -122,9 +122,10 @@ class LlamaCppRuntime:
         try:
             # llama.cpp rounds the context up to a multiple of 256 but llama-cpp-python sizes its
             # token buffer to the number asked for: ask for the rounded size so both agree.
-            ctx = -(-(n_ctx or _default_ctx(self.model_path)) // 256) * 256
+            header = _header(self.model_path)  # read once: both choices below come from it
+            ctx = -(-(n_ctx or _default_ctx(header)) // 256) * 256
             if use_mmap == "auto":
-                use_mmap = _mmap_pays(self.model_path, int(n_gpu_layers))
+                use_mmap = _mmap_pays(header, int(n_gpu_layers))
             self.use_mmap = bool(use_mmap)
             self.llm = llama_cpp.Llama(
                 model_path=str(model_path),
@@ -446,41 +447,42 @@ class LlamaCppRuntime:
             self.llm = None  # type: ignore[assignment]
 
 
-def _mmap_pays(model_path: Path, n_gpu_layers: int) -> bool:
-    """Whether to map the GGUF rather than read it into memory.
+def _header(model_path: Path) -> dict[str, Any]:
+    """The GGUF's metadata, or {} where it cannot be read (llama.cpp then says what is wrong)."""
+    from jmed_edge.convert.ggufinfo import read_gguf
+
+    try:
+        return dict(read_gguf(model_path).metadata)
+    except ArtifactError:
+        return {}
+
+
+def _mmap_pays(header: dict[str, Any], n_gpu_layers: int) -> bool:
+    """Whether to map the GGUF (``header``: its metadata) rather than read it into memory.
 
     On a CPU, llama.cpp repacks quantized weights (Q4_0, Q4_K, Q5_K, Q6_K, Q2_K, Q8_0, IQ4_NL:
     ``ggml-cpu/repack.cpp``) into an interleaved copy for its matmul kernels. With the file mapped,
     the pages it read stay resident beside that copy: a 7B Q4_K_M (4.68 GB) measured 7.69 GB RSS
-    (3.14 GB repacked + 4.55 GB mapped) against 4.69 GB read without mmap, the same speed. A float
-    file (F16/BF16/F32) is not repacked and a mapped one is shared and loads at once; offloaded
-    layers live on the GPU, so mapping is kept there too."""
-    if n_gpu_layers != 0:
+    (3.14 GB repacked + 4.55 GB mapped) against 4.69 GB read without mmap. A float file
+    (F16/BF16/F32) is not repacked and a mapped one is shared and loads at once; offloaded layers
+    live on the GPU, so mapping is kept there too, as it is for a header that cannot be read."""
+    if n_gpu_layers != 0 or not header:
         return True
     from jmed_edge.convert.checks import FLOAT_FILE_TYPES
-    from jmed_edge.convert.ggufinfo import KEY_FILE_TYPE, read_gguf
+    from jmed_edge.convert.ggufinfo import KEY_FILE_TYPE
 
-    try:
-        file_type = read_gguf(model_path).metadata.get(KEY_FILE_TYPE)
-    except ArtifactError:  # llama.cpp itself says what is wrong with the file
-        return True
-    return file_type in FLOAT_FILE_TYPES
+    return header.get(KEY_FILE_TYPE) in FLOAT_FILE_TYPES
 
 
-def _default_ctx(model_path: Path) -> int:
-    """min(training context, DEFAULT_N_CTX), read from the GGUF header before a context exists.
+def _default_ctx(header: dict[str, Any]) -> int:
+    """min(training context, DEFAULT_N_CTX), from the GGUF header (``header``) before a context
+    exists.
 
     A context longer than the model was trained for costs KV-cache memory for positions the
     model cannot use (and llama.cpp warns about it on stderr).
     """
-    from jmed_edge.convert.ggufinfo import read_gguf
-
-    try:
-        metadata = read_gguf(model_path).metadata
-    except ArtifactError:  # llama.cpp itself says what is wrong with the file
-        return DEFAULT_N_CTX
-    arch = metadata.get("general.architecture", "")
-    train_ctx = metadata.get(f"{arch}.context_length")
+    arch = header.get("general.architecture", "")
+    train_ctx = header.get(f"{arch}.context_length")
     return (
         min(int(train_ctx), DEFAULT_N_CTX) if isinstance(train_ctx, int) and train_ctx > 0 else DEFAULT_N_CTX
     )
