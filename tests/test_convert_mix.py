@@ -22,7 +22,7 @@ pytestmark = [
     pytest.mark.skipif(not tools_status()[0], reason="llama.cpp tools not set up (jmed-edge setup)"),
 ]
 
-CANDIDATES = ("Q2_K", "Q4_K", "Q8_0")
+CANDIDATES = ("Q2_K", "Q4_K", "Q8_0", "F16")
 
 
 @pytest.fixture(scope="module")

@@ -159,3 +159,58 @@ def test_saved_sensitivities_are_not_reused_for_other_types(tmp_path) -> None:
     assert _cache_key(f16, None, [group], few, 128) == _cache_key(f16, None, [group], few, 128)
     assert _cache_key(f16, None, [group], few, 128) != _cache_key(f16, None, [group], more, 128)
     assert _cache_key(f16, None, [group], few, 128) != _cache_key(f16, None, [group], few, 512)
+
+
+def test_knapsack_is_exact_with_increments_below_zero() -> None:
+    # F16 is measured against the all-Q8_0 base, so its increment is negative
+    rng = random.Random(1)
+    for _ in range(30):
+        groups = [Group(f"g{i}", "r", []) for i in range(4)]
+        options = {
+            g.name: [
+                Option(str(k), {g.name: str(k)}, rng.randint(10, 100), rng.uniform(-0.5, 1)) for k in range(3)
+            ]
+            for g in groups
+        }
+        budget = rng.randint(150, 300)
+        feasible = [
+            combo
+            for combo in itertools.product(*(options[g.name] for g in groups))
+            if sum(o.nbytes for o in combo) <= budget
+        ]
+        if not feasible:
+            continue
+        plan = choose(groups, options, budget, grid=budget)
+        assert plan.predicted_kl == pytest.approx(min(sum(o.kl for o in combo) for combo in feasible))
+
+
+def test_noise_below_a_groups_floor_does_not_buy_bytes() -> None:
+    from jmed_edge.convert.mix_probe import Sensitivity
+
+    both = {"ja": 0.0, "en": 0.0}
+    sens = Sensitivity(
+        dict(both),
+        {
+            # Q6_K measured below F16 (noise): it counts as F16's -0.002, not -0.003
+            "with_f16": {
+                "Q4_K": {"ja": 0.01, "en": 0.01},
+                "Q6_K": {"ja": -0.003, "en": 0.0},
+                "Q8_0": dict(both),
+                "F16": {"ja": -0.002, "en": -0.001},
+            },
+            # without F16 the floor is the Q8_0 base
+            "without": {"Q4_K": {"ja": -0.001, "en": 0.002}, "Q8_0": dict(both)},
+        },
+        0.0,
+        5,
+    )
+    assert sens.cost("with_f16", "Q6_K", "ja") == -0.002
+    assert sens.cost("with_f16", "Q6_K", "en") == 0.0  # above the floor: as measured
+    assert sens.cost("with_f16", "Q8_0", "ja") == 0.0
+    assert sens.cost("without", "Q4_K", "ja") == 0.0
+    # on equal cost the search keeps the smaller type
+    group = Group("with_f16", "r", [])
+    opts = [Option("Q6_K", {"t": "Q6_K"}, 60), Option("F16", {"t": "F16"}, 200)]
+    for o in opts:
+        o.kl = sens.weighted("with_f16", o, {"ja": 1.0, "en": 0.0})
+    assert choose([group], {"with_f16": opts}, 1000, grid=1000).choice["with_f16"].requested == "Q6_K"

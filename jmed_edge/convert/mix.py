@@ -214,10 +214,13 @@ def build_mix(
             f"{spec.label}: the quantized file is {real_size} bytes, over the budget of {spec.budget}; "
             "raise --budget a little"
         )
-    # the search's own model: an increment measured below zero is noise and counts as 0
+    # the search's own model (``Sensitivity.cost``): base KL plus the chosen groups' increments
     predicted = {
-        lang: sens.base_kl[lang]
-        + sum(max(sens.increments[g][mix_probe.option_key(o)][lang], 0.0) for g, o in plan.choice.items())
+        lang: max(
+            0.0,
+            sens.base_kl[lang]
+            + sum(sens.cost(g, mix_probe.option_key(o), lang) for g, o in plan.choice.items()),
+        )
         for lang in sens.base_kl
     }
     measured = mix_probe.kl_by_lang(f16, dest, spec.positions, mix_probe.probe_threads())

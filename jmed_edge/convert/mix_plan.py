@@ -40,8 +40,10 @@ ROLES: tuple[tuple[str, str], ...] = (
 _LAYER = re.compile(r"^blk\.(\d+)\.")
 
 # Candidate types a user may name (ggml type names, as llama-quantize's --tensor-type takes them).
-CANDIDATES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL")
-DEFAULT_CANDIDATES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
+CANDIDATES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL")
+# F16 lets a budget between all-Q8_0 and F16 buy back the groups Q8_0 still costs (on the 135M
+# default the all-Q8_0 base alone is KL 0.0097 in Japanese, half of Q5_K_M's).
+DEFAULT_CANDIDATES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "F16")
 # Types whose quantizer needs an importance matrix (this project's rule for the IQ types, quant_types.py).
 NEEDS_IMATRIX = ("IQ4_NL",)
 # llama.cpp src/llama-quant.cpp tensor_type_fallback (vendored by llama-cpp-python 0.3.36): a type
@@ -74,7 +76,7 @@ class Option:
     requested: str
     types: dict[str, str]  # tensor name -> the type it really gets
     nbytes: int
-    kl: float = 0.0  # measured KL increment when only this group takes this option
+    kl: float = 0.0  # measured KL increment over the all-Q8_0 base (below 0 for F16)
 
     @property
     def key(self) -> tuple[tuple[str, str], ...]:
@@ -183,6 +185,9 @@ def group_options(group: Group, candidates: Sequence[str]) -> tuple[list[Option]
 def choose(groups: Sequence[Group], options: dict[str, list[Option]], budget: int, grid: int = 20000) -> Plan:
     """Options minimising the summed KL increments with total bytes <= ``budget`` (exact DP on a grid).
 
+    Increments may be negative (a type better than the base); the DP is exact either way, and on
+    equal cost it keeps the smaller option (options come smallest first, ``<`` keeps the first).
+
     Raises ``ConfigError`` naming the smallest reachable size when nothing fits.
     """
     smallest = sum(min(o.nbytes for o in options[g.name]) for g in groups)
@@ -203,7 +208,7 @@ def choose(groups: Sequence[Group], options: dict[str, list[Option]], budget: in
             if w > cap:
                 continue
             shifted = _np().full(cap + 1, inf)
-            shifted[w:] = best_arr[: cap + 1 - w] + max(opt.kl, 0.0)
+            shifted[w:] = best_arr[: cap + 1 - w] + opt.kl
             better = shifted < new
             new[better], arg[better] = shifted[better], i
         picks.append(arg)

@@ -6,8 +6,10 @@ overrides apply only on top of a quantized base type, ``llama_tensor_get_type`` 
 ``src/llama-quant.cpp``). The probe's KL against the F16 reference on the *sensitivity* text
 (part of the imatrix's fit text, never the text a result is judged on), minus the all-Q8_0
 base's KL, is the group's increment: HAWQ-style sensitivity, measured on the output
-distribution rather than estimated from the Hessian. The F16 reference's log-probabilities are
-computed once and reused for every probe (``kl``'s reference cache).
+distribution rather than estimated from the Hessian. An F16 probe's increment is below zero:
+what Q8_0 itself costs that group, which a budget above all-Q8_0 can buy back. The F16
+reference's log-probabilities are computed once and reused for every probe (``kl``'s reference
+cache).
 
 Measurements are saved as JSON keyed by the F16 file, imatrix, texts and settings, so several
 budgets over one model measure once.
@@ -45,9 +47,19 @@ class Sensitivity:
     seconds: float
     probes: int
 
+    def cost(self, group: str, key: str, lang: str) -> float:
+        """The increment the search uses: no option of a group costs less than its best one.
+
+        Measured increments carry the noise of a few hundred positions. With F16 among the
+        options the group's floor is F16's increment (at most 0); without it, 0 (the Q8_0 base).
+        A quantized type measured below the floor is noise and counts as the floor, so it ties
+        and the smaller option wins rather than noise buying bytes."""
+        floor = min(0.0, self.increments[group].get("F16", {}).get(lang, 0.0))
+        return max(self.increments[group][key][lang], floor)
+
     def weighted(self, group: str, option: Option, weights: dict[str, float]) -> float:
-        per_lang = self.increments[group][option_key(option)]
-        return sum(weights[lang] * per_lang[lang] for lang in weights)
+        key = option_key(option)
+        return sum(weights[lang] * self.cost(group, key, lang) for lang in weights)
 
 
 def option_key(option: Option) -> str:
