@@ -184,33 +184,37 @@ def test_knapsack_is_exact_with_increments_below_zero() -> None:
         assert plan.predicted_kl == pytest.approx(min(sum(o.kl for o in combo) for combo in feasible))
 
 
-def test_noise_below_a_groups_floor_does_not_buy_bytes() -> None:
+def test_measured_noise_past_what_a_type_can_cost_counts_as_zero() -> None:
     from jmed_edge.convert.mix_probe import Sensitivity
 
     both = {"ja": 0.0, "en": 0.0}
     sens = Sensitivity(
         dict(both),
         {
-            # Q6_K measured below F16 (noise): it counts as F16's -0.002, not -0.003
-            "with_f16": {
-                "Q4_K": {"ja": 0.01, "en": 0.01},
-                "Q6_K": {"ja": -0.003, "en": 0.0},
+            "g": {
+                "Q4_K": {"ja": 0.01, "en": -0.001},  # below the Q8_0 base: noise
                 "Q8_0": dict(both),
-                "F16": {"ja": -0.002, "en": -0.001},
-            },
-            # without F16 the floor is the Q8_0 base
-            "without": {"Q4_K": {"ja": -0.001, "en": 0.002}, "Q8_0": dict(both)},
+                "F16": {"ja": -0.002, "en": 0.0005},  # above the base: noise
+            }
         },
         0.0,
-        5,
+        3,
     )
-    assert sens.cost("with_f16", "Q6_K", "ja") == -0.002
-    assert sens.cost("with_f16", "Q6_K", "en") == 0.0  # above the floor: as measured
-    assert sens.cost("with_f16", "Q8_0", "ja") == 0.0
-    assert sens.cost("without", "Q4_K", "ja") == 0.0
+    assert sens.cost("g", "Q4_K", "ja") == 0.01
+    assert sens.cost("g", "Q4_K", "en") == 0.0
+    assert sens.cost("g", "F16", "ja") == -0.002
+    assert sens.cost("g", "F16", "en") == 0.0
     # on equal cost the search keeps the smaller type
-    group = Group("with_f16", "r", [])
-    opts = [Option("Q6_K", {"t": "Q6_K"}, 60), Option("F16", {"t": "F16"}, 200)]
+    group = Group("g", "r", [])
+    opts = [
+        Option("Q4_K", {"t": "Q4_K"}, 60),
+        Option("Q8_0", {"t": "Q8_0"}, 110),
+        Option("F16", {"t": "F16"}, 200),
+    ]
     for o in opts:
-        o.kl = sens.weighted("with_f16", o, {"ja": 1.0, "en": 0.0})
-    assert choose([group], {"with_f16": opts}, 1000, grid=1000).choice["with_f16"].requested == "Q6_K"
+        o.kl = sens.weighted("g", o, {"ja": 0.0, "en": 1.0})
+    assert choose([group], {"g": opts}, 1000, grid=1000).choice["g"].requested == "Q4_K"
+    for o in opts:
+        o.kl = sens.weighted("g", o, {"ja": 1.0, "en": 0.0})
+    assert choose([group], {"g": opts}, 1000, grid=1000).choice["g"].requested == "F16"
+    assert choose([group], {"g": opts}, 150, grid=150).choice["g"].requested == "Q8_0"
