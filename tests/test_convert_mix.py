@@ -90,9 +90,9 @@ def test_the_prediction_is_close_to_the_real_kl(mixed: tuple[Path, int]) -> None
     mix = read_manifest(mixed[0]).details["mix"]
     for lang in ("ja", "en"):
         predicted, real = mix["predicted_kl"][lang], mix["measured_kl_sensitivity_text"][lang]
-        # additive model vs the real mix on the same positions: within 17% on the 135M default at
-        # the Q3_K_M..Q5_K_M sizes (worst: ja 0.046 vs 0.054); the bound leaves room for a random
-        # tiny model's interactions
+        # additive model vs the real mix on the same positions: within 22% on the 135M default at
+        # the Q3_K_M..Q5_K_M sizes (worst: ja 0.011 vs 0.014, F16 among the types); the bound
+        # leaves room for a random tiny model's interactions
         assert abs(real - predicted) <= 0.5 * predicted + 0.01, (lang, predicted, real)
 
 
