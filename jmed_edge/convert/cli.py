@@ -89,7 +89,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mix-types",
         metavar="LIST",
-        help="--budget: ggml types to choose from per tensor (default q2_k,q3_k,q4_k,q5_k,q6_k,q8_0)",
+        help="--budget: ggml types to choose from per tensor (default q2_k,q3_k,q4_k,q5_k,q6_k,q8_0,f16)",
     )
     parser.add_argument(
         "--mix-bands",
