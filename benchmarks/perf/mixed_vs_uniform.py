@@ -79,8 +79,11 @@ def main() -> int:
     f16 = _gguf(work / "F16")
     imatrix = load_imatrix(work / IMATRIX_FILE)
     for q in uniform:  # the uniform types, with the same imatrix the mixes get
-        if not (work / f"uniform-{q.name}.gguf").is_file():
-            quantize_gguf(f16, work / f"uniform-{q.name}.gguf", q, imatrix=imatrix)
+        done = work / f"uniform-{q.name}.gguf"
+        if not done.is_file():  # written whole or not at all: a stopped run leaves no file to reuse
+            part = done.with_suffix(".part")
+            quantize_gguf(f16, part, q, imatrix=imatrix)
+            part.replace(done)
     texts = probes.judging_texts()
     rows, record = [], {"model": str(args.model), "judge_positions": args.judge_positions, "rows": []}
 
