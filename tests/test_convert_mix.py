@@ -150,6 +150,29 @@ def test_a_budget_above_f16_copies_it(base: dict[str, Path], tmp_path: Path) -> 
     assert any("copy of the F16" in n for n in notes)
 
 
+def test_sensitivities_below_arithmetic_noise_are_said_to_decide_nothing(
+    mixed: tuple[Path, int], base: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # what a random-weight model that repeats its input token measures: every increment ~1e-45
+    from jmed_edge.convert import mix_probe
+    from jmed_edge.convert.mix import build_mix
+    from jmed_edge.convert.progress import LogProgress
+
+    saved = json.loads((mixed[0].parent / "mix-sensitivity.json").read_text())
+    flat = {g: {k: dict.fromkeys(v, 1e-45) for k, v in per.items()} for g, per in saved["increments"].items()}
+    monkeypatch.setattr(
+        mix_probe, "measure", lambda *a, **k: mix_probe.Sensitivity(saved["base_kl"], flat, 0.0, 1)
+    )
+    notes: list[str] = []
+    progress = LogProgress()
+    progress.note = notes.append  # type: ignore[method-assign]
+    spec = MixSpec(mixed[1], "MIX-FLAT", {"ja": 0.5, "en": 0.5}, CANDIDATES, 2, 64)
+    record = build_mix(_file(base["F16"]), tmp_path / "m.gguf", spec, progress=progress).record
+    assert record["decidable"] is False
+    assert any("chosen by noise" in n for n in notes)
+    assert read_manifest(mixed[0]).details["mix"]["decidable"] is True
+
+
 def test_cli_budget_without_unit_is_one_line(run_cli) -> None:
     code, out, err = run_cli("convert", "default", "--to", "gguf", "--budget", "5.5", "--out", "/tmp/x")
     assert code != 0

@@ -50,6 +50,9 @@ TYPES_FILE = "tensor-types.txt"
 METADATA_MARGIN = 4096
 DEFAULT_BANDS = 2  # layer bands per role; more bands = finer types, proportionally more probes
 DEFAULT_WEIGHTS = {"ja": 0.5, "en": 0.5}
+# KL that arithmetic order alone moves: llama.cpp's spread over batch sizes and threads, 6.2e-6
+# (benchmarks/numerics/spread.py), x3. Increments all below it cannot rank the types.
+KL_RESOLUTION = 2e-5
 _BUDGET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]I?B)\s*$", re.IGNORECASE)
 
 
@@ -197,6 +200,13 @@ def build_mix(
     for g in groups:
         for opt in options[g.name]:
             opt.kl = sens.weighted(g.name, opt, spec.weights)
+    largest = max(abs(opt.kl) for g in groups for opt in options[g.name])
+    if largest < KL_RESOLUTION:
+        progress.note(
+            f"{spec.label}: no tensor group's KL increment exceeds {KL_RESOLUTION:g} (largest "
+            f"{largest:.1e}), what arithmetic order alone moves: the model's output barely depends on "
+            "its weights' precision (random weights?), so the types below are chosen by noise"
+        )
     knapsack_start = time.perf_counter()
     plan = choose(groups, options, spec.budget - fixed)
     knapsack_seconds = time.perf_counter() - knapsack_start
@@ -242,6 +252,8 @@ def build_mix(
         },
         "search_seconds": round(search_seconds, 1),  # probes (unless saved) + knapsack
         "knapsack_seconds": round(knapsack_seconds, 3),
+        "largest_increment": largest,
+        "decidable": largest >= KL_RESOLUTION,  # False: the sensitivities could not rank the types
         "predicted_kl": predicted,
         "measured_kl_sensitivity_text": measured,
         "method": "multiple-choice knapsack (DP) over additive per-group KL increments",
