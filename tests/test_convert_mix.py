@@ -220,7 +220,9 @@ def test_budget_ram_subtracts_the_measured_overhead(base: dict[str, Path], tmp_p
         build_mix(f16, tmp_path / "n.gguf", mix_spec("1MB", ram=True, n_ctx=512), progress=LogProgress())
 
 
-def test_cli_budget_makes_only_the_mix(run_cli, tiny256: Path, base: dict[str, Path], tmp_path: Path) -> None:
+def test_cli_budget_makes_only_the_mix(
+    run_cli, tiny256: Path, base: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     low, high = _reachable(_file(base["F16"]))
     kb = ((low + high) // 2 + 8192) // 1024
     out = tmp_path / "gguf"
@@ -234,9 +236,14 @@ def test_cli_budget_makes_only_the_mix(run_cli, tiny256: Path, base: dict[str, P
     assert mix["lang_weights"] == {"ja": 0.7, "en": 0.3}
     assert mix["size_bytes"] <= kb * 1024
     assert (out / f"MIX-{kb}KB" / TYPES_FILE).is_file()
-    # a recipe naming the same budget finds the mix fresh; another budget does not
+    # a recipe (default weights and types) rebuilds a mix made with other weights or types ...
+    from jmed_edge.convert import mix, mix_plan
     from jmed_edge.pipeline.run import _gguf_fresh
 
+    assert _gguf_fresh(tiny256, out, [f"mix:{kb}KB"], "auto", "f16") == {}
+    # ... and finds it fresh when its settings are the ones it was made with, for the same budget only
+    monkeypatch.setattr(mix, "DEFAULT_WEIGHTS", {"ja": 0.7, "en": 0.3})
+    monkeypatch.setattr(mix_plan, "DEFAULT_CANDIDATES", ("Q2_K", "Q4_K", "Q8_0"))
     fresh = _gguf_fresh(tiny256, out, [f"mix:{kb}KB"], "auto", "f16")
     assert set(fresh) == {"F16", f"MIX-{kb}KB"}
     assert _gguf_fresh(tiny256, out, [f"mix:{kb + 1}KB"], "auto", "f16") == {}

@@ -32,7 +32,7 @@ from jmed_edge.convert.fingerprint import gguf_fingerprint
 from jmed_edge.convert.ggufinfo import KEY_PRE, read_gguf
 from jmed_edge.convert.imatrix import ImatrixData, compute_imatrix, load_imatrix
 from jmed_edge.convert.llamacpp_convert import check_pre_tokenizer, converter_version, run_converter
-from jmed_edge.convert.mix import MixSpec, build_mix
+from jmed_edge.convert.mix import MixSpec, build_mix, mix_settings
 from jmed_edge.convert.modelfile import record as modelfile_record
 from jmed_edge.convert.modelfile import write_modelfile
 from jmed_edge.convert.naming import ModelName, check_name, metadata_overrides, model_name
@@ -400,7 +400,7 @@ def _mix_one(
         config = {
             "quant": spec.label,
             "imatrix": imatrix and imatrix.record["mode"],
-            "mix": {"budget_bytes": spec.budget, "lang_weights": spec.weights, "bands": spec.bands},
+            "mix": mix_settings(spec),
         }
         _seal_quantized(tmp, dest, base_dir, source, f"{model.name}-{spec.label}", config, details,
                         verify=verify, progress=progress, texts_by_lang=texts_by_lang)  # fmt: skip

@@ -124,6 +124,16 @@ def mix_spec(
     )
 
 
+def mix_settings(spec: MixSpec) -> dict[str, Any]:
+    """What a mix was made for (its manifest's config): a recipe rebuilds it when any differs."""
+    return {
+        "budget_bytes": spec.budget,
+        "lang_weights": spec.weights,
+        "bands": spec.bands,
+        "candidates": list(spec.candidates),
+    }
+
+
 @dataclass
 class MixResult:
     record: dict[str, Any]  # what the manifest's details.mix says

@@ -92,7 +92,7 @@ def _gguf_fresh(
 ) -> dict[str, Path]:
     """The existing GGUF artifacts when all were made from this merged model with these settings."""
     from jmed_edge.convert.gguf import imatrix_mode_for
-    from jmed_edge.convert.mix import mix_spec, split_mix
+    from jmed_edge.convert.mix import mix_settings, mix_spec, split_mix
     from jmed_edge.convert.quant_types import parse_quants, quant_type
 
     merged_info = _manifest_details(merged)
@@ -103,11 +103,11 @@ def _gguf_fresh(
         return {}
     found = {base.name: base}
     types, budgets = split_mix(quants)
-    for budget in budgets:  # a mix is fresh when made from this base for this budget
+    for budget in budgets:  # a mix is fresh when made from this base with the same settings
         spec = mix_spec(budget)
         info = _manifest_details(folder / spec.label)
-        made_for = info and info["config"].get("mix", {}).get("budget_bytes")
-        if not info or info["parent"].get("sha256") != base_info["sha256"] or made_for != spec.budget:
+        made_for = info and info["config"].get("mix")
+        if not info or info["parent"].get("sha256") != base_info["sha256"] or made_for != mix_settings(spec):
             return {}
         found[spec.label] = folder / spec.label
     for q in parse_quants(types):
