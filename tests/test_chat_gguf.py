@@ -95,9 +95,12 @@ def test_ctrl_c_stops_an_answer_and_the_chat_goes_on(default_gguf):
         "import argparse, sys\nfrom jmed_edge.chat.cli import configure\n"
         "p = argparse.ArgumentParser(); configure(p); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
     )
+    # As at a terminal: a shell's background job (CI started with `&`) ignores SIGINT, the child
+    # would inherit that, and Python installs no KeyboardInterrupt handler over an ignored signal.
     child = subprocess.Popen(
         [sys.executable, "-c", script, str(default_gguf), "--max-tokens", "2000", "--threads", "1"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     received: list[str] = []
     reader = threading.Thread(
