@@ -126,6 +126,9 @@ def test_nothing_certified_names_a_provisional_choice_by_kl_and_the_questions_ne
     assert rec.questions_needed is not None and rec.questions_needed > 48
     # More questions at the same rates would decide it: the projected size certifies.
     assert cells[1].vs_reference.questions_needed(1.0) == rec.questions_needed
+    # The fp32 source beside an F16 reference is closest by KL but saves nothing: not the pick.
+    f32 = recommend([_row("F32", 8 * GIB, kl=0.0), *rows], [_cell("F32", 0, 0, 48), *cells], "F16", None, 1.0)
+    assert f32.chosen == "Q8_0" and "closest to F16 by KL divergence of those smaller than F16" in f32.reason
 
 
 def test_the_recommendation_never_calls_an_uncertified_artifact_certified():

@@ -4,8 +4,8 @@ An artifact is *certified* when, on every benchmark and language, the 95% interv
 difference against the reference lies above ``-max_loss`` points (``stats.noninferiority``). Among
 the certified artifacts that fit the RAM budget, ``prefer`` picks one (smallest by default, which
 is what a deployment wants); ties go to the lower KL divergence. When nothing is certified the
-report says so, names the artifact closest to the reference by KL as a *provisional* choice, and
-states how many questions would decide it.
+report says so, names the artifact closest to the reference by KL (among those smaller than the
+reference, when any is) as a *provisional* choice, and states how many questions would decide it.
 """
 
 from __future__ import annotations
@@ -161,14 +161,19 @@ def recommend(
             reason += f" --prefer {prefer}; ties broken by KL divergence."
         return result(chosen.name, reason, certified=True)
     open_ = [a for a in candidates if decisions[a.name] == "undecided"]
+    # A provisional pick is there to be deployed instead of the reference: one larger than the
+    # reference (the fp32 source beside an F16 reference) is closest by KL but saves nothing.
+    ref_any = next((a for a in artifacts if a.name == reference), None)
+    smaller = [a for a in open_ if ref_any is None or a.size_bytes < ref_any.size_bytes]
     if open_:
         provisional = min(
-            open_, key=lambda a: (_mean_kl(a), -_worst_low(cells, a.name), a.size_bytes, a.name)
+            smaller or open_, key=lambda a: (_mean_kl(a), -_worst_low(cells, a.name), a.size_bytes, a.name)
         )
         worst = _worst_cell(cells, provisional.name)
         needed = _needed(cells, provisional.name, max_loss)
+        among = f" of those smaller than {reference}" if smaller and len(smaller) < len(open_) else ""
         by = (
-            f"the closest to {reference} by KL divergence (mean {_mean_kl(provisional):.4f})"
+            f"the closest to {reference} by KL divergence{among} (mean {_mean_kl(provisional):.4f})"
             if math.isfinite(_mean_kl(provisional))
             else "the one with the highest lower interval bound (KL not measured)"
         )
